@@ -1,0 +1,3 @@
+from vmm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,331 @@
+"""The user's config file, its defaults, and where things live.
+
+Precedence for every value: command-line flag > config file > built-in default. The config file
+is the invoking user's ``~/.config/vmm/config.json`` — under sudo that is ``SUDO_USER``'s, not
+root's — or ``$VMM_CONFIG``. ``$VMM_DATA_DIR`` overrides ``data_dir`` (tests use both).
+
+A file that is not valid JSON, has an unknown key or a wrong type is an error naming the field
+(``$.vm_defaults.cpus``); vmm never rewrites a file it could not read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmm.errors import ConfigError
+
+DEFAULT_DATA_DIR = "/var/lib/vmm"
+DEFAULT_BRIDGE = "vmm-br0"
+DEFAULT_SUBNET = "172.16.0.0/16"
+DEFAULT_GATEWAY = "172.16.0.1"
+DEFAULT_DNS = ("8.8.8.8", "8.8.4.4", "1.1.1.1")
+DEFAULT_IMAGE = "default"
+DEFAULT_KERNEL = "default"
+ENGINES = ("firecracker", "qemu")
+ACCELS = ("auto", "kvm", "tcg")
+
+
+def invoking_user_home() -> Path:
+    """The home of the user who ran vmm: SUDO_USER's under sudo, else the current user's."""
+    sudo_user = os.environ.get("SUDO_USER")
+    if os.geteuid() == 0 and sudo_user and sudo_user != "root":
+        try:
+            return Path(pwd.getpwnam(sudo_user).pw_dir)
+        except KeyError:
+            pass
+    home = os.environ.get("HOME")
+    if home:
+        return Path(home)
+    return Path(pwd.getpwuid(os.getuid()).pw_dir)
+
+
+def invoking_user_ids() -> tuple[int, int] | None:
+    """(uid, gid) of SUDO_USER when running under sudo, else None."""
+    sudo_user = os.environ.get("SUDO_USER")
+    if os.geteuid() == 0 and sudo_user and sudo_user != "root":
+        try:
+            pw = pwd.getpwnam(sudo_user)
+        except KeyError:
+            return None
+        return pw.pw_uid, pw.pw_gid
+    return None
+
+
+def expand_user_path(path: str) -> Path:
+    """Expand ``~`` to the invoking user's home (sudo-aware), not root's."""
+    if path == "~" or path.startswith("~/"):
+        return invoking_user_home() / path[2:]
+    return Path(path).expanduser()
+
+
+def config_path() -> Path:
+    env = os.environ.get("VMM_CONFIG")
+    if env:
+        return Path(env)
+    return invoking_user_home() / ".config" / "vmm" / "config.json"
+
+
+def detect_host_interface(route_file: Path = Path("/proc/net/route")) -> str:
+    """The interface of the default route (lowest metric), or ``eth0`` when there is none."""
+    best: tuple[int, str] | None = None
+    try:
+        lines = route_file.read_text().splitlines()[1:]
+    except OSError:
+        return "eth0"
+    for line in lines:
+        cols = line.split()
+        if len(cols) < 8:
+            continue
+        iface, dest, mask, metric = cols[0], cols[1], cols[7], cols[6]
+        if dest == "00000000" and mask == "00000000":
+            try:
+                m = int(metric)
+            except ValueError:
+                continue
+            if best is None or m < best[0]:
+                best = (m, iface)
+    return best[1] if best else "eth0"
+
+
+@dataclass
+class VMDefaults:
+    cpus: int = 1
+    memory_mb: int = 512
+    disk_size_mb: int = 1024
+    image: str = DEFAULT_IMAGE
+    kernel: str = DEFAULT_KERNEL
+    ssh_key_path: str | None = None
+    dns_servers: list[str] = field(default_factory=lambda: list(DEFAULT_DNS))
+
+
+@dataclass
+class Config:
+    data_dir: str = DEFAULT_DATA_DIR
+    bridge_name: str = DEFAULT_BRIDGE
+    subnet: str = DEFAULT_SUBNET
+    gateway: str = DEFAULT_GATEWAY
+    host_interface: str = ""
+    engine: str = "firecracker"
+    accel: str = "auto"
+    firecracker_bin: str | None = None
+    qemu_bin: str | None = None
+    vm_defaults: VMDefaults = field(default_factory=VMDefaults)
+    # Where each value came from: "default", "config file" or "environment" (VMM_DATA_DIR).
+    sources: dict[str, str] = field(default_factory=dict)
+    path: Path = field(default_factory=config_path)
+    file_exists: bool = False
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def source(self, key: str) -> str:
+        return self.sources.get(key, "default")
+
+    def to_file_dict(self) -> dict[str, Any]:
+        """The JSON written by ``vmm config init`` (the seed's keys, plus vmm's)."""
+        d: dict[str, Any] = {
+            "data_dir": self.data_dir,
+            "bridge_name": self.bridge_name,
+            "subnet": self.subnet,
+            "gateway": self.gateway,
+            "host_interface": self.host_interface,
+            "engine": self.engine,
+            "accel": self.accel,
+        }
+        if self.firecracker_bin:
+            d["firecracker_bin"] = self.firecracker_bin
+        if self.qemu_bin:
+            d["qemu_bin"] = self.qemu_bin
+        vd = self.vm_defaults
+        defaults: dict[str, Any] = {
+            "cpus": vd.cpus,
+            "memory_mb": vd.memory_mb,
+            "disk_size_mb": vd.disk_size_mb,
+            "image": vd.image,
+            "kernel": vd.kernel,
+            "dns_servers": list(vd.dns_servers),
+        }
+        if vd.ssh_key_path:
+            defaults["ssh_key_path"] = vd.ssh_key_path
+        d["vm_defaults"] = defaults
+        return d
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(key, value, source) for ``vmm config show``."""
+        out: list[tuple[str, str, str]] = [("config_file", str(self.path), "")]
+        for key in (
+            "data_dir",
+            "bridge_name",
+            "subnet",
+            "gateway",
+            "host_interface",
+            "engine",
+            "accel",
+            "firecracker_bin",
+            "qemu_bin",
+        ):
+            value = getattr(self, key)
+            out.append((key, "" if value is None else str(value), self.source(key)))
+        vd = self.vm_defaults
+        for key in ("cpus", "memory_mb", "disk_size_mb", "image", "kernel", "ssh_key_path"):
+            value = getattr(vd, key)
+            out.append(
+                (f"vm_defaults.{key}", "" if value is None else str(value), self.source(f"vm_defaults.{key}"))
+            )
+        out.append(
+            ("vm_defaults.dns_servers", ", ".join(vd.dns_servers), self.source("vm_defaults.dns_servers"))
+        )
+        return out
+
+
+_STR_KEYS = ("data_dir", "bridge_name", "subnet", "gateway", "host_interface")
+_OPT_STR_KEYS = ("firecracker_bin", "qemu_bin")
+_VM_INT_KEYS = ("cpus", "memory_mb", "disk_size_mb")
+_VM_STR_KEYS = ("image", "kernel")
+
+
+def _type_error(path: Path, field_name: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(
+        f"config {path}: {field_name} must be {expected}, got {json.dumps(value)}",
+        hint=f"fix {field_name} in {path} (or move the file away to use defaults)",
+    )
+
+
+def _parse(raw: Any, path: Path, cfg: Config) -> None:
+    if not isinstance(raw, dict):
+        raise _type_error(path, "$", "a JSON object", raw)
+    known = set(_STR_KEYS) | set(_OPT_STR_KEYS) | {"engine", "accel", "vm_defaults"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(
+                f"config {path}: unknown field $.{key}",
+                hint=f"remove it from {path}; known fields: {', '.join(sorted(known))}",
+            )
+    for key in _STR_KEYS:
+        if key in raw:
+            value = raw[key]
+            if not isinstance(value, str) or not value:
+                raise _type_error(path, f"$.{key}", "a non-empty string", value)
+            setattr(cfg, key, value)
+            cfg.sources[key] = "config file"
+    for key in _OPT_STR_KEYS:
+        if key in raw and raw[key] is not None:
+            value = raw[key]
+            if not isinstance(value, str) or not value:
+                raise _type_error(path, f"$.{key}", "a non-empty string or null", value)
+            setattr(cfg, key, value)
+            cfg.sources[key] = "config file"
+    for key, allowed in (("engine", ENGINES), ("accel", ACCELS)):
+        if key in raw:
+            value = raw[key]
+            if value not in allowed:
+                raise _type_error(path, f"$.{key}", " or ".join(f'"{a}"' for a in allowed), value)
+            setattr(cfg, key, value)
+            cfg.sources[key] = "config file"
+    if "vm_defaults" in raw and raw["vm_defaults"] is not None:
+        _parse_vm_defaults(raw["vm_defaults"], path, cfg)
+
+
+def _parse_vm_defaults(raw: Any, path: Path, cfg: Config) -> None:
+    if not isinstance(raw, dict):
+        raise _type_error(path, "$.vm_defaults", "an object", raw)
+    vd = cfg.vm_defaults
+    known = set(_VM_INT_KEYS) | set(_VM_STR_KEYS) | {"ssh_key_path", "dns_servers"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(
+                f"config {path}: unknown field $.vm_defaults.{key}",
+                hint=f"remove it; known fields: {', '.join(sorted(known))}",
+            )
+    for key in _VM_INT_KEYS:
+        if key in raw and raw[key] is not None:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise _type_error(path, f"$.vm_defaults.{key}", "a positive integer", value)
+            setattr(vd, key, value)
+            cfg.sources[f"vm_defaults.{key}"] = "config file"
+    for key in (*_VM_STR_KEYS, "ssh_key_path"):
+        if key in raw and raw[key] not in (None, ""):
+            value = raw[key]
+            if not isinstance(value, str):
+                raise _type_error(path, f"$.vm_defaults.{key}", "a string", value)
+            setattr(vd, key, value)
+            cfg.sources[f"vm_defaults.{key}"] = "config file"
+    if "dns_servers" in raw and raw["dns_servers"] is not None:
+        value = raw["dns_servers"]
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            raise _type_error(path, "$.vm_defaults.dns_servers", "a list of strings", value)
+        from vmm.models import validate_dns_servers
+
+        try:
+            vd.dns_servers = validate_dns_servers(value)
+        except Exception as exc:
+            raise ConfigError(f"config {path}: $.vm_defaults.dns_servers: {exc}") from None
+        cfg.sources["vm_defaults.dns_servers"] = "config file"
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read the config file (if any) over the defaults; never writes anything."""
+    path = path or config_path()
+    cfg = Config(path=path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        text = None
+    except PermissionError:
+        raise ConfigError(f"cannot read config {path}: permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a directory, not a file") from None
+    if text is not None:
+        cfg.file_exists = True
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"config {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                hint=f"fix the file, or move it away and run 'vmm config init'",
+            ) from None
+        _parse(raw, path, cfg)
+    if "host_interface" not in cfg.sources:
+        cfg.host_interface = detect_host_interface()
+        cfg.sources["host_interface"] = "detected"
+    env_dir = os.environ.get("VMM_DATA_DIR")
+    if env_dir:
+        cfg.data_dir = env_dir
+        cfg.sources["data_dir"] = "environment (VMM_DATA_DIR)"
+    if not os.path.isabs(cfg.data_dir):
+        raise ConfigError(f"config {path}: $.data_dir must be an absolute path, got {cfg.data_dir!r}")
+    from vmm.network.ipam import validate_network
+
+    try:
+        validate_network(cfg.subnet, cfg.gateway)
+    except Exception as exc:
+        raise ConfigError(f"config {path}: {exc}") from None
+    return cfg
+
+
+def write_default_config(path: Path, *, force: bool = False) -> Config:
+    """``vmm config init``: write the defaults (with the detected uplink) to ``path``."""
+    if path.exists() and not force:
+        raise ConfigError(
+            f"config {path} already exists", hint="use --force to overwrite it with the defaults"
+        )
+    cfg = Config(path=path, host_interface=detect_host_interface())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(cfg.to_file_dict(), indent=2) + "\n")
+    os.replace(tmp, path)
+    ids = invoking_user_ids()
+    if ids:
+        for p in (path, path.parent, path.parent.parent):
+            try:
+                os.chown(p, *ids)
+            except OSError:
+                pass
+    return cfg

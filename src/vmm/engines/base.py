@@ -1,0 +1,91 @@
+"""The interface every hypervisor engine implements, and the spec it boots from.
+
+Both engines take the same ``BootSpec`` (kernel, initrd, command line, cpus, memory, drives,
+NICs) and return a ``ProcessRef``; a VM record can boot on either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from vmm.host.process import ProcessRef
+
+
+@dataclass(frozen=True)
+class Drive:
+    """A block device. ``drive_id`` follows Firecracker's rule: ``[A-Za-z0-9_]+``."""
+
+    drive_id: str
+    path: Path
+    read_only: bool = False
+    root: bool = False
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A network interface backed by an existing, up TAP device on the host."""
+
+    iface_id: str
+    tap: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Per-VM files an engine uses at run time."""
+
+    vm_dir: Path
+    console_log: Path
+    api_socket: Path  # Firecracker API socket or QEMU QMP socket
+    console_socket: Path  # serial console socket (QEMU); unused by Firecracker
+    engine_log: Path
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """Everything needed to boot a VM, independent of the engine."""
+
+    vm_id: str  # Firecracker --id: [A-Za-z0-9-]{1,64}
+    name: str
+    kernel: Path
+    cmdline: str
+    cpus: int
+    memory_mb: int
+    paths: RunPaths
+    initrd: Path | None = None
+    drives: tuple[Drive, ...] = ()
+    nics: tuple[Nic, ...] = ()
+    accel: str = "tcg"  # QEMU only: "kvm" or "tcg" (already resolved from "auto")
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """How a VM stopped: "graceful", "sigterm", "sigkill" or "already-stopped"."""
+
+    how: str
+    exit_code: int | None = None
+
+
+class Engine(Protocol):
+    name: str
+
+    def check_available(self) -> None:
+        """Raise ``VmmError`` with an install hint when the hypervisor cannot be used."""
+
+    def version(self) -> str | None:
+        """The hypervisor's version string, or None when it is not installed."""
+
+    def launch(self, spec: BootSpec) -> ProcessRef:
+        """Start the VM detached from the caller and return its process once it is booting."""
+
+    def stop(self, ref: ProcessRef, paths: RunPaths, *, timeout: float) -> StopResult:
+        """Graceful shutdown, then SIGTERM, then SIGKILL; clean the engine's sockets."""
+
+    def kill(self, ref: ProcessRef, paths: RunPaths) -> None:
+        """Stop at once (used to undo a failed start)."""
+
+    def cleanup(self, paths: RunPaths) -> None:
+        """Remove stale sockets left by a process that is gone."""

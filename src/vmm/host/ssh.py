@@ -1,0 +1,77 @@
+"""``vmm ssh``: the system ssh client pointed at a VM.
+
+Host keys go to a vmm-owned known_hosts file keyed by the VM's id (``HostKeyAlias``), never to
+the user's own: addresses are reused by later VMs, and a reused address must not trip ssh's
+"REMOTE HOST IDENTIFICATION HAS CHANGED" check — nor pollute ~/.ssh/known_hosts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vmm.config import invoking_user_home, invoking_user_ids
+
+DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+
+def identity_files(vm_key_path: str | None, home: Path | None = None) -> list[Path]:
+    """The private key matching the VM's ``--ssh-key`` (same path without .pub) when it exists,
+    else the invoking user's usual keys (SUDO_USER's under sudo)."""
+    if vm_key_path:
+        p = Path(vm_key_path)
+        private = p.with_suffix("") if p.suffix == ".pub" else p
+        if private.is_file():
+            return [private]
+    ssh_dir = (home or invoking_user_home()) / ".ssh"
+    return [ssh_dir / k for k in DEFAULT_KEYS if (ssh_dir / k).is_file()]
+
+
+def known_hosts_file(home: Path | None = None) -> Path:
+    return (home or invoking_user_home()) / ".config" / "vmm" / "known_hosts"
+
+
+def ensure_known_hosts(path: Path) -> None:
+    """Create the file (and its directory) owned by the invoking user, also under sudo."""
+    created = []
+    for d in (path.parent.parent, path.parent):
+        if not d.exists():
+            d.mkdir(mode=0o700, exist_ok=True)
+            created.append(d)
+    if not path.exists():
+        path.touch(mode=0o600)
+        created.append(path)
+    ids = invoking_user_ids()
+    if ids:
+        for p in created:
+            try:
+                os.chown(p, *ids)
+            except OSError:
+                pass
+
+
+def ssh_argv(
+    *,
+    ip: str,
+    vm_id: str,
+    user: str,
+    identities: list[Path],
+    known_hosts: Path,
+    command: list[str],
+    connect_timeout: int = 10,
+) -> list[str]:
+    argv = [
+        "ssh",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", f"HostKeyAlias=vmm-{vm_id}",
+        "-o", "StrictHostKeyChecking=accept-new",
+        "-o", f"ConnectTimeout={connect_timeout}",
+        "-o", "LogLevel=ERROR",
+    ]  # fmt: skip
+    for key in identities:
+        argv += ["-i", str(key)]
+    argv.append(f"{user}@{ip}")
+    if command:
+        argv.append("--")
+        argv += command
+    return argv

@@ -1,0 +1,507 @@
+"""The use cases the CLI calls: create, start, stop, delete, list.
+
+Every command validates its input before it changes anything; a failed or interrupted start
+undoes what it did (process, TAP) and leaves the VM in ``error`` with the reason, so the next
+command can always finish or clean up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vmm.config import Config, expand_user_path
+from vmm.engines.base import BootSpec, Drive, Engine, Nic, RunPaths
+from vmm.errors import ConflictError, EngineError, NotFoundError, ValidationError, VmmError
+from vmm.guest import customize, ext4
+from vmm.guest.images import ImageRegistry
+from vmm.guest.kernels import KernelRegistry
+from vmm.host.process import ProcessRef, is_alive, log_tail
+from vmm.models import (
+    VM,
+    VMState,
+    new_vm_id,
+    validate_cpus,
+    validate_disk,
+    validate_dns_servers,
+    validate_memory,
+    validate_name,
+)
+from vmm.runner import Runner
+from vmm.store import Store
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+DEFAULT_STOP_TIMEOUT = 30.0
+DEFAULT_SSH_TIMEOUT = 180.0
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class CreateRequest:
+    name: str
+    cpus: int | None = None
+    memory_mb: int | None = None
+    disk_mb: int | None = None
+    ssh_key: str | None = None
+    dns: list[str] | None = None
+    image: str | None = None
+    kernel: str | None = None
+    engine: str | None = None
+    accel: str | None = None
+    boot_args: str | None = None
+
+
+@dataclass
+class VMView:
+    """A record together with what the host shows about it right now."""
+
+    vm: VM
+    alive: bool
+
+    @property
+    def state(self) -> str:
+        recorded = self.vm.state
+        if self.alive:
+            return VMState.RUNNING.value if recorded == VMState.STARTING.value else recorded
+        if recorded in (VMState.RUNNING.value, VMState.STOPPING.value, VMState.STARTING.value):
+            return VMState.STOPPED.value  # the process is gone: the guest shut down or died
+        return recorded
+
+
+def process_ref(vm: VM) -> ProcessRef | None:
+    if vm.pid is None or vm.pid_start_time is None:
+        return None
+    return ProcessRef(vm.pid, vm.pid_start_time)
+
+
+def read_public_key(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise ValidationError(
+            f"SSH key file {path} does not exist",
+            hint="give a public key with --ssh-key (e.g. ~/.ssh/id_ed25519.pub); "
+            "create one with ssh-keygen -t ed25519",
+        ) from None
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError):
+        raise ValidationError(f"SSH key file {path} is not a readable text file") from None
+    first = text.splitlines()[0] if text else ""
+    if not re.match(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-\S+|sk-\S+) [A-Za-z0-9+/=]+", first):
+        hint = "use the .pub file" if "PRIVATE KEY" in text else "expected a line like 'ssh-ed25519 AAAA... user@host'"
+        raise ValidationError(f"{path} is not an SSH public key", hint=hint)
+    return text
+
+
+class Manager:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        runner: Runner | None = None,
+        engine_factory: Callable[[str], Engine] | None = None,
+    ):
+        self.config = config
+        self.runner = runner or Runner()
+        self.store = Store(config.data_path)
+        self.images = ImageRegistry(self.store, self.runner)
+        self.kernels = KernelRegistry(self.store)
+        self._engine_factory = engine_factory or self._default_engine
+
+    # -- engines ------------------------------------------------------------------------
+
+    def _default_engine(self, name: str) -> Engine:
+        if name == "firecracker":
+            from vmm.engines.firecracker.engine import FirecrackerEngine
+
+            return FirecrackerEngine(self.config.firecracker_bin)
+        if name == "qemu":
+            from vmm.engines.qemu.engine import QemuEngine
+
+            return QemuEngine(self.config.qemu_bin)
+        raise ValidationError(f"unknown engine {name!r}", hint="use firecracker or qemu")
+
+    def engine(self, name: str) -> Engine:
+        return self._engine_factory(name)
+
+    # -- queries ------------------------------------------------------------------------
+
+    def view(self, vm: VM) -> VMView:
+        return VMView(vm, is_alive(process_ref(vm)))
+
+    def get(self, name: str) -> VM:
+        validate_name(name)
+        return self.store.load(name)
+
+    def list(self) -> tuple[list[VMView], list[tuple[str, str]]]:
+        vms, problems = self.store.load_all()
+        return [self.view(vm) for vm in vms], [(p.name, p.error) for p in problems]
+
+    # -- create -------------------------------------------------------------------------
+
+    def create(self, req: CreateRequest) -> VM:
+        cfg = self.config
+        vd = cfg.vm_defaults
+        name = validate_name(req.name)
+        cpus = validate_cpus(req.cpus if req.cpus is not None else vd.cpus)
+        memory = validate_memory(req.memory_mb if req.memory_mb is not None else vd.memory_mb)
+        disk = validate_disk(req.disk_mb if req.disk_mb is not None else vd.disk_size_mb)
+        dns = validate_dns_servers(req.dns if req.dns else list(vd.dns_servers))
+        engine_name = req.engine or cfg.engine
+        if engine_name not in ("firecracker", "qemu"):
+            raise ValidationError(f"unknown engine {engine_name!r}", hint="use firecracker or qemu")
+        accel = req.accel or cfg.accel
+        if accel not in ("auto", "kvm", "tcg"):
+            raise ValidationError(f"unknown accel {accel!r}", hint="use auto, kvm or tcg")
+        if accel != "auto" and engine_name == "firecracker":
+            if accel == "tcg":
+                raise ValidationError(
+                    "the firecracker engine needs KVM; --accel tcg works only with --engine qemu"
+                )
+        image = self.images.get(req.image or vd.image)
+        kernel = self.kernels.get(req.kernel or vd.kernel)
+        if disk * MiB < image.virtual_size:
+            raise ValidationError(
+                f"--disk {disk} MB is smaller than image {image.name!r} "
+                f"({-(-image.virtual_size // MiB)} MB)",
+                hint=f"use --disk {-(-image.virtual_size // MiB)} or more",
+            )
+        key_path_str = req.ssh_key or vd.ssh_key_path
+        key_path = expand_user_path(key_path_str) if key_path_str else None
+        public_key = read_public_key(key_path) if key_path else None
+        if not self.store.socket_path_ok(name):
+            raise ValidationError(
+                f"the data dir {cfg.data_dir} is too deep for VM {name!r}'s socket paths",
+                hint="use a shorter name or data dir (Unix socket paths are limited to 107 bytes)",
+            )
+        self.engine(engine_name).check_available()
+
+        from vmm.network import ipam
+
+        subnet, gateway = ipam.validate_network(cfg.subnet, cfg.gateway)
+        self.store.ensure_dirs()
+        with self.store.global_lock():
+            if self.store.exists(name):
+                raise ConflictError(f"VM {name!r} already exists", hint="choose another name")
+            used_ips, used_ids = self._allocations()
+            ip = ipam.allocate(subnet, gateway, used_ips)
+            vm_id = new_vm_id()
+            while vm_id in used_ids:
+                vm_id = new_vm_id()
+            vm = VM(
+                name=name,
+                id=vm_id,
+                engine=engine_name,
+                accel=accel,
+                cpus=cpus,
+                memory_mb=memory,
+                disk_mb=disk,
+                image=image.name,
+                kernel=kernel.name,
+                ssh_key_path=str(key_path) if key_path else None,
+                ssh_public_key=public_key,
+                dns_servers=dns,
+                ip=str(ip),
+                mac=ipam.mac_for(ip),
+                tap=f"vmm-{vm_id}",
+                boot_args=req.boot_args or "",
+                created_at=now(),
+            )
+            self.store.save(vm)
+        return vm
+
+    def _allocations(self) -> tuple[set[str], set[str]]:
+        """IPs and ids in use — read from corrupt records too, so they are never reused."""
+        ips: set[str] = set()
+        ids: set[str] = set()
+        for name in self.store.names():
+            try:
+                text = self.store.record_path(name).read_text()
+            except OSError:
+                continue
+            for key, bucket in (("ip", ips), ("id", ids)):
+                m = re.search(rf'"{key}"\s*:\s*"([^"]+)"', text)
+                if m:
+                    bucket.add(m.group(1))
+        return ips, ids
+
+    # -- start --------------------------------------------------------------------------
+
+    def start(self, name: str) -> VM:
+        validate_name(name)
+        with self.store.vm_lock(name):
+            vm = self.store.load(name)
+            ref = process_ref(vm)
+            if is_alive(ref):
+                raise ConflictError(f"VM {name!r} is already running", hint=f"its IP is {vm.ip}")
+            engine = self.engine(vm.engine)
+            engine.check_available()
+            kernel = self.kernels.get(vm.kernel)
+            paths = self.store.run_paths(name)
+            engine.cleanup(paths)  # a crashed previous run may have left sockets behind
+            accel = self._resolve_accel(vm)
+
+            vm.state = VMState.STARTING.value
+            vm.last_error = None
+            self.store.save(vm)
+            launched: ProcessRef | None = None
+            try:
+                self._prepare_rootfs(vm)
+                self._ensure_network(vm)
+                spec = self._boot_spec(vm, kernel.path, kernel.initrd, paths, accel)
+                launched = engine.launch(spec)
+                vm.pid, vm.pid_start_time = launched.pid, launched.start_time
+                vm.state = VMState.RUNNING.value
+                vm.accel_in_use = accel if vm.engine == "qemu" else "kvm"
+                vm.started_at = now()
+                self.store.save(vm)
+                return vm
+            except BaseException as exc:
+                self._undo_start(vm, engine, launched, paths, exc)
+                raise
+
+    def _undo_start(
+        self, vm: VM, engine: Engine, launched: ProcessRef | None, paths: RunPaths, exc: BaseException
+    ) -> None:
+        with contextlib.suppress(Exception):
+            if launched is not None:
+                engine.kill(launched, paths)
+        with contextlib.suppress(Exception):
+            engine.cleanup(paths)
+        with contextlib.suppress(Exception):
+            self._delete_tap(vm)
+        vm.state = VMState.ERROR.value
+        vm.pid = vm.pid_start_time = None
+        vm.last_error = str(exc) or type(exc).__name__
+        with contextlib.suppress(Exception):
+            self.store.save(vm)
+        if isinstance(exc, VmmError) and not exc.details:
+            console = log_tail(paths.console_log)
+            if console:
+                exc.details = "console log (last lines):\n" + console
+
+    def _resolve_accel(self, vm: VM) -> str:
+        if vm.engine != "qemu":
+            return "kvm"
+        from vmm.engines.qemu.accel import resolve_accel
+
+        accel, _reason = resolve_accel(vm.accel)
+        return accel
+
+    def _prepare_rootfs(self, vm: VM) -> None:
+        """First start: copy the image and grow it; every start: vmm's network file."""
+        rootfs = self.store.rootfs_path(vm.name)
+        vm_dir = self.store.vm_dir(vm.name)
+        vm_dir.mkdir(parents=True, exist_ok=True)
+        if not vm.rootfs_ready or not rootfs.exists():
+            image = self.images.get(vm.image)
+            tmp = vm_dir / ".rootfs.ext4.tmp"
+            try:
+                ext4.copy_sparse(self.runner, image.path, tmp)
+                ext4.grow(self.runner, tmp, vm.disk_mb)
+                ext4.write_files(
+                    self.runner,
+                    tmp,
+                    customize.first_boot_files(
+                        hostname=vm.name, ssh_public_key=vm.ssh_public_key, dns=vm.dns_servers
+                    ),
+                )
+                if vm.ssh_public_key:
+                    ext4.set_dir_mode(self.runner, tmp, "/root/.ssh", 0o700)
+                os.replace(tmp, rootfs)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            vm.rootfs_ready = True
+            self.store.save(vm)
+        networkd = next(
+            (
+                p
+                for p in ("/usr/lib/systemd/system/systemd-networkd.service", customize.NETWORKD_UNIT)
+                if ext4.path_exists(self.runner, rootfs, p)
+            ),
+            None,
+        )
+        files = customize.every_boot_files(
+            mac=vm.mac,
+            ip=vm.ip,
+            subnet=self.config.subnet,
+            gateway=self.config.gateway,
+            dns=vm.dns_servers,
+            networkd_present=networkd is not None,
+        )
+        ext4.write_files(self.runner, rootfs, files)
+
+    def _ensure_network(self, vm: VM) -> None:
+        from vmm.network import firewall, ipam, links
+
+        subnet, gateway = ipam.validate_network(self.config.subnet, self.config.gateway)
+        with self.store.global_lock():
+            links.ensure_bridge(self.runner, self.config.bridge_name, gateway, subnet.prefixlen)
+            firewall.enable_ip_forward()
+            firewall.apply(self.runner, self._firewall_spec())
+            links.ensure_tap(self.runner, vm.tap, self.config.bridge_name)
+
+    def _firewall_spec(self) -> object:
+        from vmm.network import firewall
+
+        return firewall.FirewallSpec(bridge=self.config.bridge_name, subnet=self.config.subnet)
+
+    def _delete_tap(self, vm: VM) -> None:
+        from vmm.network import links
+
+        if vm.tap:
+            links.delete_tap(self.runner, vm.tap)
+
+    def _boot_spec(
+        self, vm: VM, kernel: Path, initrd: Path | None, paths: RunPaths, accel: str
+    ) -> BootSpec:
+        cmdline = customize.kernel_cmdline(
+            ip=vm.ip,
+            gateway=self.config.gateway,
+            subnet=self.config.subnet,
+            hostname=vm.name,
+            dns=vm.dns_servers,
+            extra=vm.boot_args,
+        )
+        drives = [Drive("rootfs", self.store.rootfs_path(vm.name), read_only=False, root=True)]
+        return BootSpec(
+            vm_id=f"vmm-{vm.id}",
+            name=vm.name,
+            kernel=kernel,
+            initrd=initrd,
+            cmdline=cmdline,
+            cpus=vm.cpus,
+            memory_mb=vm.memory_mb,
+            paths=paths,
+            drives=tuple(drives),
+            nics=(Nic("eth0", vm.tap, vm.mac),),
+            accel=accel,
+        )
+
+    def wait_ready(self, vm: VM, timeout: float = DEFAULT_SSH_TIMEOUT) -> float:
+        """Wait until the guest's sshd sends its banner; returns the seconds waited."""
+        t0 = time.monotonic()
+        ref = process_ref(vm)
+        deadline = t0 + timeout
+        while time.monotonic() < deadline:
+            if not is_alive(ref):
+                paths = self.store.run_paths(vm.name)
+                raise EngineError(
+                    f"VM {vm.name!r} exited while booting",
+                    details="console log (last lines):\n" + log_tail(paths.console_log),
+                    hint=f"see the whole console log with: cat {paths.console_log}",
+                )
+            if ssh_banner(vm.ip):
+                return time.monotonic() - t0
+            time.sleep(0.5)
+        paths = self.store.run_paths(vm.name)
+        raise EngineError(
+            f"VM {vm.name!r} is running but SSH on {vm.ip} did not answer within {timeout:.0f} s",
+            details="console log (last lines):\n" + log_tail(paths.console_log),
+            hint=f"it may still be booting: try 'vmm ssh {vm.name}' later, or see {paths.console_log}",
+        )
+
+    # -- stop ---------------------------------------------------------------------------
+
+    def stop(self, name: str, timeout: float = DEFAULT_STOP_TIMEOUT) -> str:
+        """Stop a VM; returns how it ended ("graceful", "sigterm", "sigkill", "not-running")."""
+        validate_name(name)
+        with self.store.vm_lock(name):
+            vm = self.store.load(name)
+            ref = process_ref(vm)
+            engine = self.engine(vm.engine)
+            paths = self.store.run_paths(name)
+            how = "not-running"
+            if is_alive(ref):
+                assert ref is not None
+                vm.state = VMState.STOPPING.value
+                self.store.save(vm)
+                how = engine.stop(ref, paths, timeout=timeout).how
+            with contextlib.suppress(Exception):
+                engine.cleanup(paths)
+            self._delete_tap(vm)
+            if vm.state != VMState.CREATED.value or how != "not-running":
+                vm.state = VMState.STOPPED.value
+                vm.stopped_at = now() if how != "not-running" else vm.stopped_at
+            vm.pid = vm.pid_start_time = None
+            self.store.save(vm)
+            return how
+
+    # -- delete -------------------------------------------------------------------------
+
+    def delete(self, name: str, *, force: bool = False, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        validate_name(name)
+        if not self.store.exists(name):
+            raise NotFoundError(
+                f"VM {name!r} does not exist", hint="see 'vmm list -a' for the VMs there are"
+            )
+        try:
+            vm: VM | None = self.store.load(name)
+        except VmmError:
+            if not force:
+                raise
+            vm = None  # corrupt record: -f removes what can be found by name
+        if vm is not None and is_alive(process_ref(vm)):
+            if not force:
+                raise ConflictError(
+                    f"VM {name!r} is running",
+                    hint=f"stop it first ('vmm stop {name}') or use 'vmm delete -f {name}'",
+                )
+            self.stop(name, timeout=timeout)
+        with self.store.vm_lock(name):
+            if vm is not None:
+                self._delete_tap(vm)
+                with contextlib.suppress(Exception):
+                    self.engine(vm.engine).cleanup(self.store.run_paths(name))
+            else:
+                tap = self._tap_from_corrupt_record(name)
+                if tap:
+                    from vmm.network import links
+
+                    with contextlib.suppress(Exception):
+                        links.delete_tap(self.runner, tap)
+            paths = self.store.run_paths(name)
+            shutil.rmtree(self.store.vm_dir(name), ignore_errors=True)
+            for p in (paths.console_log, paths.api_socket, paths.console_socket):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            with self.store.global_lock():
+                self.store.remove_record(name)
+        self.store.remove_vm_lock(name)
+
+    def _tap_from_corrupt_record(self, name: str) -> str | None:
+        try:
+            text = self.store.record_path(name).read_text()
+        except OSError:
+            return None
+        m = re.search(r'"tap"\s*:\s*"(vmm-[0-9a-f]{8})"', text) or re.search(
+            r'"id"\s*:\s*"([0-9a-f]{8})"', text
+        )
+        if not m:
+            return None
+        value = m.group(1)
+        return value if value.startswith("vmm-") else f"vmm-{value}"
+
+
+def ssh_banner(ip: str, port: int = 22, timeout: float = 2.0) -> bool:
+    """True when something at ip:port answers with an SSH identification line."""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False

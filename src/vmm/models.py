@@ -1,0 +1,209 @@
+"""The VM record and the validation of everything a user can type about a VM.
+
+A record is decoded strictly at the boundary: unknown keys, missing keys and wrong types are
+``RecordError``s naming the field, so a corrupt file is reported by name instead of crashing.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+from vmm.errors import RecordError, ValidationError
+
+SCHEMA_VERSION = 1
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+MIN_MEMORY_MB = 128
+MAX_MEMORY_MB = 1024 * 1024
+MAX_CPUS = 32  # Firecracker's vcpu_count limit
+MIN_DISK_MB = 64
+
+
+class VMState(str, Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+def validate_name(name: str, what: str = "VM") -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ValidationError(
+            f"invalid {what} name {name!r}",
+            hint="use 1-63 lower-case letters, digits and '-', starting with a letter or digit",
+        )
+    return name
+
+
+def validate_cpus(cpus: int) -> int:
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= MAX_CPUS:
+        raise ValidationError(f"--cpus must be between 1 and {MAX_CPUS}, got {cpus}")
+    return cpus
+
+
+def validate_memory(memory_mb: int) -> int:
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < MIN_MEMORY_MB:
+        raise ValidationError(
+            f"--memory must be at least {MIN_MEMORY_MB} MB, got {memory_mb}",
+            hint="a Linux guest with systemd needs 256 MB or more",
+        )
+    if memory_mb > MAX_MEMORY_MB:
+        raise ValidationError(f"--memory {memory_mb} MB is larger than {MAX_MEMORY_MB} MB")
+    return memory_mb
+
+
+def validate_disk(disk_mb: int) -> int:
+    if isinstance(disk_mb, bool) or not isinstance(disk_mb, int) or disk_mb < MIN_DISK_MB:
+        raise ValidationError(f"--disk must be at least {MIN_DISK_MB} MB, got {disk_mb}")
+    return disk_mb
+
+
+def validate_dns_servers(servers: list[str]) -> list[str]:
+    import ipaddress
+
+    out = []
+    for s in servers:
+        try:
+            out.append(str(ipaddress.IPv4Address(s)))
+        except ValueError:
+            raise ValidationError(f"invalid DNS server {s!r}: expected an IPv4 address") from None
+    if not out:
+        raise ValidationError("at least one DNS server is needed")
+    return out
+
+
+def new_vm_id() -> str:
+    """8 hex characters from a UUID4: short enough for TAP names (``vmm-<id>``, 12 chars)."""
+    return uuid.uuid4().hex[:8]
+
+
+@dataclass
+class Mount:
+    host_path: str
+    tag: str
+    read_only: bool = False
+    image_path: str | None = None
+
+
+@dataclass
+class VM:
+    name: str
+    id: str
+    state: str = VMState.CREATED.value
+    engine: str = "firecracker"
+    accel: str = "auto"  # requested (QEMU); accel_in_use is what the running VM uses
+    accel_in_use: str | None = None
+    cpus: int = 1
+    memory_mb: int = 512
+    disk_mb: int = 1024
+    image: str = "default"
+    kernel: str = "default"
+    ssh_key_path: str | None = None
+    ssh_public_key: str | None = None
+    dns_servers: list[str] = field(default_factory=list)
+    ip: str = ""
+    mac: str = ""
+    tap: str = ""
+    boot_args: str = ""  # extra kernel arguments
+    mounts: list[Mount] = field(default_factory=list)
+    autostart: bool = False
+    pid: int | None = None
+    pid_start_time: int | None = None
+    rootfs_ready: bool = False
+    created_at: str = ""
+    started_at: str | None = None
+    stopped_at: str | None = None
+    last_error: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str) -> VM:
+        if not isinstance(raw, dict):
+            raise RecordError(f"VM record {source} is not a JSON object")
+        version = raw.get("schema_version")
+        if not isinstance(version, int):
+            raise RecordError(f"VM record {source}: missing or invalid schema_version")
+        if version > SCHEMA_VERSION:
+            raise RecordError(
+                f"VM record {source} has schema version {version}; this vmm reads up to "
+                f"{SCHEMA_VERSION}",
+                hint="upgrade vmm",
+            )
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise RecordError(f"VM record {source}: unknown field $.{unknown[0]}")
+        for required in ("name", "id", "state", "ip"):
+            if required not in raw:
+                raise RecordError(f"VM record {source}: missing field $.{required}")
+        data = dict(raw)
+        _check_types(data, source)
+        mounts = []
+        for i, m in enumerate(data.get("mounts") or []):
+            if not isinstance(m, dict) or set(m) - {"host_path", "tag", "read_only", "image_path"}:
+                raise RecordError(f"VM record {source}: invalid $.mounts[{i}]")
+            try:
+                mounts.append(Mount(**m))
+            except TypeError:
+                raise RecordError(f"VM record {source}: invalid $.mounts[{i}]") from None
+        data["mounts"] = mounts
+        if data["state"] not in {s.value for s in VMState}:
+            raise RecordError(f"VM record {source}: invalid $.state {data['state']!r}")
+        return cls(**data)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "id": (str,),
+    "state": (str,),
+    "engine": (str,),
+    "accel": (str,),
+    "accel_in_use": (str, type(None)),
+    "cpus": (int,),
+    "memory_mb": (int,),
+    "disk_mb": (int,),
+    "image": (str,),
+    "kernel": (str,),
+    "ssh_key_path": (str, type(None)),
+    "ssh_public_key": (str, type(None)),
+    "dns_servers": (list,),
+    "ip": (str,),
+    "mac": (str,),
+    "tap": (str,),
+    "boot_args": (str,),
+    "mounts": (list,),
+    "autostart": (bool,),
+    "pid": (int, type(None)),
+    "pid_start_time": (int, type(None)),
+    "rootfs_ready": (bool,),
+    "created_at": (str,),
+    "started_at": (str, type(None)),
+    "stopped_at": (str, type(None)),
+    "last_error": (str, type(None)),
+    "schema_version": (int,),
+}
+
+
+def _check_types(data: dict[str, Any], source: str) -> None:
+    for key, value in data.items():
+        expected = _TYPES.get(key)
+        if expected is None:
+            continue
+        ok = isinstance(value, expected)
+        if ok and isinstance(value, bool) and bool not in expected:
+            ok = False
+        if not ok:
+            raise RecordError(
+                f"VM record {source}: $.{key} has the wrong type ({type(value).__name__})"
+            )

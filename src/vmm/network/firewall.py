@@ -1,0 +1,242 @@
+"""vmm's packet rules: one nftables table, ``ip vmm``, rendered whole and replaced atomically.
+
+``render_ruleset`` (pure) turns a ``FirewallSpec`` into an ``nft -f`` script; ``apply`` loads it
+in one transaction, ``remove`` deletes the table, ``current`` reads it back. vmm never touches
+another tool's tables, and never edits its own rule by rule: the whole table is rebuilt from the
+VM records each time, so the host converges on what the records say, whatever happened before.
+
+Why ``table ip`` and not ``inet``: everything vmm routes is IPv4 (the VM subnet, the guests'
+addresses, the DNAT targets). An ``ip`` table makes every rule IPv4-only without extra
+``meta nfproto`` matches and leaves the host's IPv6 traffic alone. NAT in ``inet`` tables also
+needs a newer kernel (5.2) than NAT in ``ip`` tables.
+
+The chains (priorities are numbers: nft 1.0.6 rejects the ``dstnat`` keyword in ``output``):
+
+* ``postrouting`` (nat, 100): masquerade the subnet's traffic leaving by any device but the
+  bridge. Not tied to a named uplink by default, because a wrong or renamed uplink breaks NAT
+  silently; ``uplink`` narrows it when the user sets one. With port forwards, also masquerade
+  DNAT'd connections into the bridge that come from a guest (hairpin) or from the host's
+  localhost, so the replies come back through the host.
+* ``forward`` (filter, 0, policy accept so other forwarding on the host is untouched): accept
+  bridge to bridge (VM to VM) and bridge to anywhere; into the bridge accept replies
+  (established/related) and port-forwarded connections, and drop the rest, so machines
+  outside cannot open connections to the guests except through a port forward.
+* ``prerouting`` / ``output`` (nat, -100): DNAT for port forwards, for traffic arriving from
+  outside and for traffic the host itself sends (``curl localhost:8080``).
+
+An accept here does not override a drop in another table (Docker's FORWARD policy DROP, for
+instance): nftables runs every base chain on a hook, and any drop is final.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from vmm.errors import ConflictError, ValidationError, VmmError
+from vmm.network.links import validate_ifname
+from vmm.runner import Runner
+
+log = logging.getLogger(__name__)
+
+FAMILY = "ip"
+TABLE = "vmm"
+PROTOCOLS = ("tcp", "udp")
+_NFT_HINT = "install nftables (apt-get install nftables) and check that nf_tables is available"
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """host ``host_addr``:``host_port`` -> guest ``guest_ip``:``guest_port``.
+
+    ``host_addr`` None means any of the host's own addresses (including 127.0.0.1).
+    """
+
+    host_port: int
+    guest_ip: IPv4Address
+    guest_port: int
+    proto: str = "tcp"
+    host_addr: IPv4Address | None = None
+
+    def __post_init__(self) -> None:
+        for what, port in (("host port", self.host_port), ("guest port", self.guest_port)):
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ValidationError(f"invalid {what} {port!r}: expected 1-65535")
+        if self.proto not in PROTOCOLS:
+            raise ValidationError(f"invalid protocol {self.proto!r}: expected tcp or udp")
+        if not isinstance(self.guest_ip, IPv4Address):
+            raise ValidationError(f"invalid guest address {self.guest_ip!r}")
+        if self.host_addr is not None and not isinstance(self.host_addr, IPv4Address):
+            raise ValidationError(f"invalid host address {self.host_addr!r}")
+
+    def clashes_with(self, other: PortForward) -> bool:
+        """Both would catch the same packets (same protocol and port, overlapping address)."""
+        return (
+            self.proto == other.proto
+            and self.host_port == other.host_port
+            and (
+                self.host_addr is None
+                or other.host_addr is None
+                or self.host_addr == other.host_addr
+            )
+        )
+
+    def __str__(self) -> str:
+        host = str(self.host_addr) if self.host_addr else "*"
+        return f"{host}:{self.host_port}/{self.proto} -> {self.guest_ip}:{self.guest_port}"
+
+
+@dataclass(frozen=True)
+class FirewallSpec:
+    """Everything the ``vmm`` table is rendered from."""
+
+    bridge: str
+    subnet: IPv4Network
+    uplink: str | None = None
+    forwards: tuple[PortForward, ...] = ()
+
+    def __post_init__(self) -> None:
+        validate_ifname(self.bridge, "bridge")
+        if not isinstance(self.subnet, IPv4Network):
+            raise ValidationError(f"invalid subnet {self.subnet!r}: expected an IPv4 network")
+        if self.uplink is not None:
+            validate_ifname(self.uplink, "uplink interface")
+            if self.uplink == self.bridge:
+                raise ValidationError(f"the uplink interface cannot be the bridge {self.bridge}")
+        for i, fwd in enumerate(self.forwards):
+            if fwd.guest_ip not in self.subnet:
+                raise ValidationError(
+                    f"port forward {fwd}: {fwd.guest_ip} is not inside the subnet {self.subnet}"
+                )
+            for earlier in self.forwards[:i]:
+                if fwd.clashes_with(earlier):
+                    raise ConflictError(f"port forward {fwd} clashes with {earlier}")
+
+
+def _q(name: str) -> str:
+    return f'"{validate_ifname(name)}"'
+
+
+def _dnat_rule(fwd: PortForward) -> str:
+    match = "fib daddr type local" if fwd.host_addr is None else f"ip daddr {fwd.host_addr}"
+    return f"{match} {fwd.proto} dport {fwd.host_port} dnat to {fwd.guest_ip}:{fwd.guest_port}"
+
+
+def _chain(name: str, header: str, rules: list[str]) -> list[str]:
+    return [f"\tchain {name} {{", f"\t\t{header}", *(f"\t\t{r}" for r in rules), "\t}"]
+
+
+def render_ruleset(spec: FirewallSpec) -> str:
+    """The ``nft -f`` script that replaces the ``vmm`` table with the one ``spec`` describes.
+
+    ``table ip vmm {}`` first makes the ``delete`` valid when the table does not exist yet;
+    the script is one transaction, so the host never sees a half-built table, and a script
+    the kernel rejects leaves the old table in place.
+    """
+    br = _q(spec.bridge)
+    subnet = str(spec.subnet)
+    dnat = [_dnat_rule(f) for f in spec.forwards]
+    if spec.uplink is None:
+        nat = [f"ip saddr {subnet} oifname != {br} masquerade"]
+    else:
+        nat = [f"ip saddr {subnet} oifname {_q(spec.uplink)} masquerade"]
+    if spec.forwards:
+        nat.append(f"oifname {br} ct status dnat ip saddr {{ 127.0.0.0/8, {subnet} }} masquerade")
+    forward = [
+        f"iifname {br} oifname {br} accept",
+        f"iifname {br} accept",
+        f"oifname {br} ct state established,related accept",
+        f"oifname {br} ct status dnat accept",
+        f"oifname {br} drop",
+    ]
+    lines = [
+        "# vmm's own table: generated by vmm, replaced as a whole; do not edit",
+        f"table {FAMILY} {TABLE} {{}}",
+        f"delete table {FAMILY} {TABLE}",
+        f"table {FAMILY} {TABLE} {{",
+        *_chain("prerouting", "type nat hook prerouting priority -100; policy accept;", dnat),
+        *_chain("output", "type nat hook output priority -100; policy accept;", dnat),
+        *_chain("postrouting", "type nat hook postrouting priority 100; policy accept;", nat),
+        *_chain("forward", "type filter hook forward priority 0; policy accept;", forward),
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_removal() -> str:
+    """The ``nft -f`` script that deletes the ``vmm`` table, whether or not it exists."""
+    return f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n"
+
+
+def apply(runner: Runner, spec: FirewallSpec) -> None:
+    """Replace the ``vmm`` table with ``spec``'s, atomically (``nft -f -``). Idempotent."""
+    log.info("applying nftables table %s %s (%d port forwards)", FAMILY, TABLE, len(spec.forwards))
+    runner.run(["nft", "-f", "-"], input=render_ruleset(spec), hint=_NFT_HINT)
+
+
+def remove(runner: Runner) -> None:
+    """Delete the ``vmm`` table and all its rules. No error when it does not exist."""
+    log.info("removing nftables table %s %s", FAMILY, TABLE)
+    runner.run(["nft", "-f", "-"], input=render_removal(), hint=_NFT_HINT)
+
+
+def table_exists(runner: Runner) -> bool:
+    out = runner.run(["nft", "-j", "list", "tables", FAMILY], hint=_NFT_HINT).stdout
+    return any("table" in item and item["table"].get("name") == TABLE for item in _nft_items(out))
+
+
+def current(runner: Runner) -> dict[str, Any]:
+    """The ``vmm`` table as nft reports it (``nft -j list table ip vmm``); {} when absent."""
+    result = runner.run(["nft", "-j", "list", "table", FAMILY, TABLE], check=False)
+    if result.returncode != 0:
+        if not table_exists(runner):
+            return {}
+        runner.run(result.argv, hint=_NFT_HINT)  # raises with nft's own message
+    try:
+        data = json.loads(result.stdout)
+    except json.JSONDecodeError as exc:
+        raise VmmError(f"cannot parse the output of `nft -j list table`: {exc}") from None
+    if not isinstance(data, dict):
+        raise VmmError("cannot parse the output of `nft -j list table`: expected an object")
+    return data
+
+
+def _nft_items(text: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(text) if text.strip() else {"nftables": []}
+    except json.JSONDecodeError as exc:
+        raise VmmError(f"cannot parse nft's JSON output: {exc}") from None
+    items = data.get("nftables", []) if isinstance(data, dict) else []
+    return [item for item in items if isinstance(item, dict)]
+
+
+def summarize(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The chains of a ``current()`` result: ``{name: {type, hook, prio, policy, rules}}``.
+
+    ``rules`` holds each rule's ``expr`` list in order; objects of other tables are ignored.
+    """
+    chains: dict[str, dict[str, Any]] = {}
+    items = data.get("nftables", []) if isinstance(data, dict) else []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if "chain" in item and _ours(item["chain"]):
+            c = item["chain"]
+            chains[c["name"]] = {
+                "type": c.get("type"),
+                "hook": c.get("hook"),
+                "prio": c.get("prio"),
+                "policy": c.get("policy"),
+                "rules": [],
+            }
+        elif "rule" in item and _ours(item["rule"]):
+            r = item["rule"]
+            chains.setdefault(r["chain"], {"rules": []})["rules"].append(r.get("expr", []))
+    return chains
+
+
+def _ours(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("family") == FAMILY and obj.get("table") == TABLE

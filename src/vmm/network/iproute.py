@@ -1,0 +1,150 @@
+"""Parsers for ``ip -j`` (iproute2 JSON) output: links, routes, addresses. Pure functions.
+
+Only the fields vmm needs are decoded, into frozen dataclasses; unknown fields are ignored
+(iproute2 adds fields between versions), malformed output is a ``VmmError`` naming the command.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+from vmm.errors import VmmError
+
+
+@dataclass(frozen=True)
+class Link:
+    """One network device from ``ip -j -d link show``."""
+
+    name: str
+    ifindex: int
+    kind: str | None = None  # linkinfo.info_kind: "bridge", "tun", "veth", ...; None for plain
+    tun_type: str | None = None  # "tap" or "tun" when kind == "tun"
+    master: str | None = None
+    flags: frozenset[str] = frozenset()
+    operstate: str = "UNKNOWN"
+    mac: str | None = None
+
+    @property
+    def is_up(self) -> bool:
+        """Administratively up (``ip link set up``); a TAP nobody opened is up but NO-CARRIER."""
+        return "UP" in self.flags
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.kind == "bridge"
+
+    @property
+    def is_tap(self) -> bool:
+        return self.kind == "tun" and self.tun_type == "tap"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One IPv4 route from ``ip -j route show``; ``dst`` None is the default route."""
+
+    dst: IPv4Network | None
+    dev: str | None = None
+    gateway: IPv4Address | None = None
+    type: str = "unicast"
+
+    def __str__(self) -> str:
+        text = "default" if self.dst is None else str(self.dst)
+        if self.type != "unicast":
+            text = f"{self.type} {text}"
+        if self.gateway is not None:
+            text += f" via {self.gateway}"
+        if self.dev:
+            text += f" dev {self.dev}"
+        return text
+
+
+def _load(text: str, what: str) -> list[dict[str, Any]]:
+    if not text.strip():
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise VmmError(f"cannot parse the output of `{what}`: {exc}") from None
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise VmmError(f"cannot parse the output of `{what}`: expected a JSON list of objects")
+    return data
+
+
+def parse_links(text: str) -> list[Link]:
+    """Links from ``ip -j [-d] link show`` (``-d`` adds the kind, needed to tell TAPs apart)."""
+    links = []
+    for item in _load(text, "ip -j link show"):
+        try:
+            name = str(item["ifname"])
+            ifindex = int(item["ifindex"])
+        except (KeyError, TypeError, ValueError):
+            raise VmmError(
+                "cannot parse the output of `ip -j link show`: an entry lacks ifname/ifindex"
+            ) from None
+        info = item.get("linkinfo") or {}
+        data = info.get("info_data") or {}
+        kind = info.get("info_kind")
+        links.append(
+            Link(
+                name=name,
+                ifindex=ifindex,
+                kind=str(kind) if kind else None,
+                tun_type=str(data["type"]) if kind == "tun" and "type" in data else None,
+                master=str(item["master"]) if item.get("master") else None,
+                flags=frozenset(str(f) for f in item.get("flags", [])),
+                operstate=str(item.get("operstate", "UNKNOWN")),
+                mac=str(item["address"]) if item.get("address") else None,
+            )
+        )
+    return links
+
+
+def parse_routes(text: str) -> list[Route]:
+    """IPv4 routes from ``ip -j route show``; a bare ``dst`` address is a /32 host route."""
+    routes = []
+    for item in _load(text, "ip -j route show"):
+        dst_text = str(item.get("dst", ""))
+        dst: IPv4Network | None
+        if dst_text in ("default", "0.0.0.0/0"):
+            dst = None
+        else:
+            try:
+                dst = IPv4Network(dst_text, strict=False)
+            except ValueError:
+                continue  # IPv6 or something we do not route: not our concern
+        gateway = None
+        if item.get("gateway"):
+            try:
+                gateway = IPv4Address(str(item["gateway"]))
+            except ValueError:
+                gateway = None
+        routes.append(
+            Route(
+                dst=dst,
+                dev=str(item["dev"]) if item.get("dev") else None,
+                gateway=gateway,
+                type=str(item.get("type", "unicast")),
+            )
+        )
+    return routes
+
+
+def parse_addresses(text: str) -> dict[str, list[IPv4Interface]]:
+    """IPv4 addresses per device from ``ip -j addr show``: ``{"vmm-br0": [172.16.0.1/16]}``."""
+    result: dict[str, list[IPv4Interface]] = {}
+    for item in _load(text, "ip -j addr show"):
+        name = str(item.get("ifname", ""))
+        addrs = result.setdefault(name, [])
+        for info in item.get("addr_info", []):
+            if info.get("family") != "inet":
+                continue
+            try:
+                addrs.append(IPv4Interface(f"{info['local']}/{info['prefixlen']}"))
+            except (KeyError, ValueError):
+                raise VmmError(
+                    f"cannot parse the output of `ip -j addr show`: bad address on {name}"
+                ) from None
+    return result

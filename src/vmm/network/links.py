@@ -1,0 +1,209 @@
+"""The bridge and the per-VM TAP devices, made to match what the VM records need.
+
+Thin appliers over ``ip`` (every call through the ``Runner``); the decisions come from the pure
+parsers in ``vmm.network.iproute`` and the checks in ``vmm.network.ipam``. Every function is
+idempotent, so ``start`` after a crash, or ``delete`` of a half-deleted VM, just finishes the job.
+Callers hold the global host-networking lock: these steps read, then change.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from ipaddress import IPv4Address, IPv4Interface
+
+from vmm.errors import CommandError, ConflictError, NotFoundError, ValidationError
+from vmm.network.ipam import mac_for, overlapping_routes, parse_address, validate_network
+from vmm.network.iproute import Link, Route, parse_addresses, parse_links, parse_routes
+from vmm.runner import Runner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BRIDGE = "vmm-br0"
+TAP_PREFIX = "vmm-"
+IFNAMSIZ = 15  # the kernel's limit on interface names, without the NUL
+
+# Stricter than the kernel (which takes almost any byte): these names end up in nft rules.
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
+_VM_ID_RE = re.compile(r"^[a-z0-9]{8}$")
+_TAP_RE = re.compile(rf"^{TAP_PREFIX}[a-z0-9]{{8}}$")
+
+
+def validate_ifname(name: str, what: str = "interface") -> str:
+    """A safe interface name: 1-15 letters, digits, ``_ . -``; returned unchanged."""
+    if not isinstance(name, str) or not _IFNAME_RE.match(name):
+        raise ValidationError(
+            f"invalid {what} name {name!r}",
+            hint=f"use at most {IFNAMSIZ} letters, digits, '_', '.' or '-'",
+        )
+    return name
+
+
+def validate_tap_name(name: str) -> str:
+    """A vmm TAP name: ``vmm-`` + the VM's 8-character id (12 chars, under the 15 limit)."""
+    if not isinstance(name, str) or not _TAP_RE.match(name):
+        raise ValidationError(
+            f"invalid TAP name {name!r}: expected {TAP_PREFIX}<8 lower-case letters or digits>"
+        )
+    return name
+
+
+def tap_name(vm_id: str) -> str:
+    """The TAP device name of the VM with id ``vm_id``."""
+    if not isinstance(vm_id, str) or not _VM_ID_RE.match(vm_id):
+        raise ValidationError(f"invalid VM id {vm_id!r}: expected 8 lower-case letters or digits")
+    return f"{TAP_PREFIX}{vm_id}"
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def list_links(runner: Runner, prefix: str = "") -> list[Link]:
+    """Devices whose name starts with ``prefix`` (all by default), with their kind and master."""
+    out = runner.run(["ip", "-j", "-d", "link", "show"]).stdout
+    return [link for link in parse_links(out) if link.name.startswith(prefix)]
+
+
+def get_link(runner: Runner, name: str) -> Link | None:
+    """The device called ``name``, or None."""
+    return next((link for link in list_links(runner) if link.name == name), None)
+
+
+def link_exists(runner: Runner, name: str) -> bool:
+    return get_link(runner, name) is not None
+
+
+def list_routes(runner: Runner) -> list[Route]:
+    """The main table's IPv4 routes (what ``ip route`` shows)."""
+    return parse_routes(runner.run(["ip", "-j", "-4", "route", "show"]).stdout)
+
+
+def list_addresses(runner: Runner, name: str) -> list[IPv4Interface]:
+    """IPv4 addresses configured on device ``name``."""
+    out = runner.run(["ip", "-j", "-4", "addr", "show", "dev", name]).stdout
+    return parse_addresses(out).get(name, [])
+
+
+# -- the bridge ----------------------------------------------------------------------------------
+
+
+def ensure_bridge(runner: Runner, name: str, gateway: IPv4Address | str, prefixlen: int) -> None:
+    """Make bridge ``name`` exist, carry ``gateway/prefixlen`` and be up. Idempotent.
+
+    Before the address (and so the subnet's route) is added, the subnet is checked against the
+    host's routes on other devices: an overlap would silently take traffic from a LAN or VPN.
+    The bridge gets a fixed MAC (``mac_for(gateway)``): a bridge without one takes the lowest
+    MAC of its ports, so the gateway's MAC would change whenever a TAP comes or goes, and the
+    guests would lose the gateway until their ARP entries expire.
+    """
+    validate_ifname(name, "bridge")
+    gw = parse_address(gateway, "gateway")
+    iface = IPv4Interface(f"{gw}/{prefixlen}")
+    validate_network(iface.network, gw)
+
+    link = get_link(runner, name)
+    if link is not None and not link.is_bridge:
+        raise ConflictError(
+            f"{name} exists but is not a bridge ({link.kind or 'plain device'})",
+            hint=f"remove it (ip link del {name}) or configure another bridge_name",
+        )
+    addresses = list_addresses(runner, name) if link is not None else []
+    if iface not in addresses:
+        if addresses:
+            found = ", ".join(str(a) for a in addresses)
+            raise ConflictError(
+                f"bridge {name} has the address {found}, not {iface}",
+                hint=f"the subnet changed: stop all VMs, then delete the bridge "
+                f"(ip link del {name}); vmm recreates it with the new address",
+            )
+        conflicts = overlapping_routes(iface.network, list_routes(runner), own_dev=name)
+        if conflicts:
+            raise ConflictError(
+                f"subnet {iface.network} overlaps the host route {conflicts[0]}",
+                details="\n".join(str(r) for r in conflicts),
+                hint="configure another subnet and gateway for vmm",
+            )
+        if link is None:
+            log.info("creating bridge %s", name)
+            mac = mac_for(gw).lower()
+            runner.run(["ip", "link", "add", "name", name, "address", mac, "type", "bridge"])
+        log.info("adding %s to bridge %s", iface, name)
+        runner.run(["ip", "addr", "add", str(iface), "dev", name])
+    if link is None or not link.is_up:
+        runner.run(["ip", "link", "set", "dev", name, "up"])
+
+
+def delete_bridge(runner: Runner, name: str) -> bool:
+    """Delete bridge ``name``; True if it existed. Idempotent. Its TAPs are released, not deleted."""
+    validate_ifname(name, "bridge")
+    link = get_link(runner, name)
+    if link is None:
+        return False
+    if not link.is_bridge:
+        raise ConflictError(f"{name} is not a bridge ({link.kind or 'plain device'}); not deleting")
+    return _delete_link(runner, name)
+
+
+# -- TAPs ----------------------------------------------------------------------------------------
+
+
+def ensure_tap(
+    runner: Runner,
+    name: str,
+    bridge: str,
+    *,
+    user: int | None = None,
+    group: int | None = None,
+) -> None:
+    """(Re)create TAP ``name``, attach it to ``bridge`` and bring it up.
+
+    An existing TAP of that name is deleted first: it may still carry state from a VM that
+    died, and a fresh device is the only state we can trust. ``user``/``group`` let an
+    unprivileged hypervisor open it (Firecracker otherwise fails with TapOpen EPERM).
+    """
+    validate_tap_name(name)
+    validate_ifname(bridge, "bridge")
+    links = {link.name: link for link in list_links(runner)}
+    br = links.get(bridge)
+    if br is None or not br.is_bridge:
+        raise NotFoundError(
+            f"bridge {bridge} does not exist" if br is None else f"{bridge} is not a bridge",
+            hint="the bridge is created when a VM starts (ensure_bridge)",
+        )
+    old = links.get(name)
+    if old is not None:
+        if not old.is_tap:
+            raise ConflictError(
+                f"{name} exists and is not a TAP device ({old.kind or 'plain device'})",
+                hint=f"remove it: ip link del {name}",
+            )
+        log.info("deleting stale TAP %s", name)
+        _delete_link(runner, name)
+    argv = ["ip", "tuntap", "add", "dev", name, "mode", "tap"]
+    if user is not None:
+        argv += ["user", str(user)]
+    if group is not None:
+        argv += ["group", str(group)]
+    runner.run(argv)
+    try:
+        runner.run(["ip", "link", "set", "dev", name, "master", bridge, "up"])
+    except BaseException:
+        _delete_link(runner, name, quiet=True)
+        raise
+
+
+def delete_tap(runner: Runner, name: str) -> bool:
+    """Delete TAP ``name``; True if it existed. No error when it is already gone."""
+    validate_tap_name(name)
+    return _delete_link(runner, name)
+
+
+def _delete_link(runner: Runner, name: str, *, quiet: bool = False) -> bool:
+    # Try first, look after: no window between "exists?" and "delete", and no parsing of
+    # iproute2's wording. A failure only counts if the device is still there.
+    result = runner.run(["ip", "link", "del", "dev", name], check=False)
+    if result.returncode == 0:
+        return True
+    if quiet or not link_exists(runner, name):
+        return False
+    raise CommandError(result.argv, result.returncode, result.stderr)

@@ -1,0 +1,193 @@
+"""VM records on disk: one JSON file per VM, atomic writes, file locks.
+
+Layout under the data dir (the seed's)::
+
+    vms/<name>.json        the record (0644: ``vmm list`` works for non-root users)
+    vms/<name>/            per-VM files: rootfs.ext4, engine.log
+    logs/<name>.log        the serial console log
+    sockets/<name>.sock    Firecracker API / QEMU QMP socket; sockets/<name>.console (QEMU)
+    images/, images/kernels/, mounts/
+    locks/                 global.lock (IPs, names, host network) and <name>.lock (lifecycle)
+
+Writes go to a temp file that is fsynced and renamed over the record, then the directory is
+fsynced, so a crash leaves either the old or the new record, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmm.engines.base import RunPaths
+from vmm.errors import NotFoundError, PermissionDenied, RecordError
+from vmm.models import VM
+
+UNIX_PATH_MAX = 107
+
+
+@dataclass
+class RecordProblem:
+    name: str
+    error: str
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Store:
+    def __init__(self, data_dir: Path):
+        self.root = data_dir
+        self.vms_dir = data_dir / "vms"
+        self.logs_dir = data_dir / "logs"
+        self.sockets_dir = data_dir / "sockets"
+        self.images_dir = data_dir / "images"
+        self.kernels_dir = data_dir / "images" / "kernels"
+        self.mounts_dir = data_dir / "mounts"
+        self.locks_dir = data_dir / "locks"
+
+    # -- layout -------------------------------------------------------------------------
+
+    def ensure_dirs(self) -> None:
+        for d in (
+            self.root,
+            self.vms_dir,
+            self.logs_dir,
+            self.sockets_dir,
+            self.images_dir,
+            self.kernels_dir,
+            self.mounts_dir,
+            self.locks_dir,
+        ):
+            try:
+                d.mkdir(parents=True, exist_ok=True, mode=0o755)
+            except PermissionError:
+                raise PermissionDenied(
+                    f"cannot create {d}: permission denied", hint="run the command with sudo"
+                ) from None
+
+    def record_path(self, name: str) -> Path:
+        return self.vms_dir / f"{name}.json"
+
+    def vm_dir(self, name: str) -> Path:
+        return self.vms_dir / name
+
+    def rootfs_path(self, name: str) -> Path:
+        return self.vm_dir(name) / "rootfs.ext4"
+
+    def run_paths(self, name: str) -> RunPaths:
+        return RunPaths(
+            vm_dir=self.vm_dir(name),
+            console_log=self.logs_dir / f"{name}.log",
+            api_socket=self.sockets_dir / f"{name}.sock",
+            console_socket=self.sockets_dir / f"{name}.console",
+            engine_log=self.vm_dir(name) / "engine.log",
+        )
+
+    def socket_path_ok(self, name: str) -> bool:
+        return len(str(self.sockets_dir / f"{name}.console").encode()) <= UNIX_PATH_MAX
+
+    # -- records ------------------------------------------------------------------------
+
+    def exists(self, name: str) -> bool:
+        return self.record_path(name).exists()
+
+    def load(self, name: str) -> VM:
+        path = self.record_path(name)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"VM {name!r} does not exist", hint="see 'vmm list -a' for the VMs there are"
+            ) from None
+        except PermissionError:
+            raise PermissionDenied(f"cannot read {path}: permission denied") from None
+        return self._decode(name, text)
+
+    def _decode(self, name: str, text: str) -> VM:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecordError(
+                f"VM record {name!r} is corrupt ({self.record_path(name)}: {exc.msg} at line "
+                f"{exc.lineno})",
+                hint=f"fix or remove {self.record_path(name)}; 'vmm delete -f {name}' cleans up",
+            ) from None
+        vm = VM.from_dict(raw, repr(name))
+        if vm.name != name:
+            raise RecordError(
+                f"VM record {self.record_path(name)} names VM {vm.name!r}, not {name!r}"
+            )
+        return vm
+
+    def save(self, vm: VM) -> None:
+        data = (json.dumps(vm.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+        write_atomic(self.record_path(vm.name), data)
+
+    def remove_record(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.record_path(name).unlink()
+
+    def names(self) -> list[str]:
+        try:
+            entries = os.listdir(self.vms_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(e[:-5] for e in entries if e.endswith(".json") and not e.startswith("."))
+
+    def load_all(self) -> tuple[list[VM], list[RecordProblem]]:
+        """Every readable record, plus one problem per record that could not be read."""
+        vms: list[VM] = []
+        problems: list[RecordProblem] = []
+        for name in self.names():
+            try:
+                vms.append(self.load(name))
+            except (RecordError, PermissionDenied, NotFoundError) as exc:
+                problems.append(RecordProblem(name, exc.brief))
+        return vms, problems
+
+    # -- locks --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _flock(self, path: Path) -> Iterator[None]:
+        self.locks_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def global_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Guards names, IP allocation and host networking."""
+        return self._flock(self.locks_dir / "global.lock")
+
+    def vm_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Guards one VM's lifecycle (start/stop/delete)."""
+        return self._flock(self.locks_dir / f"{name}.lock")
+
+    def remove_vm_lock(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.locks_dir / f"{name}.lock").unlink()

@@ -1,0 +1,97 @@
+"""Shared fixtures: repository paths, a private vmm config + data dir, running the CLI.
+
+With ``VMM_TEST_STRICT=1`` (set by scripts/test.sh in CI) a skipped test is a failure: in CI
+every layer, e2e included, must really run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.netns"]
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+FC_SPEC = SHARED / "firecracker" / "v1.11.0" / "firecracker.yaml"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("VMM_TEST_STRICT") == "1" and report.skipped and call.when in ("setup", "call"):
+        if not item.get_closest_marker("allow_skip"):
+            report.outcome = "failed"
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            report.longrepr = f"skipped in strict mode (VMM_TEST_STRICT=1): {reason}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "allow_skip: a skip that is acceptable even in strict mode")
+
+
+@dataclass
+class VmmEnv:
+    """A private config file and data dir for one test (never the machine's /var/lib/vmm)."""
+
+    root: Path
+    config: Path
+    data_dir: Path
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["VMM_CONFIG"] = str(self.config)
+        env["VMM_DATA_DIR"] = str(self.data_dir)
+        env.pop("SUDO_USER", None)
+        return env
+
+    def write_config(self, **values: object) -> None:
+        self.config.write_text(json.dumps(values, indent=2))
+
+    def run(
+        self,
+        *args: str,
+        ns: object | None = None,
+        check: bool = False,
+        timeout: float = 600,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "vmm", *args]
+        if ns is not None:
+            argv = ["ip", "netns", "exec", ns.name, *argv]  # type: ignore[attr-defined]
+        proc = subprocess.run(
+            argv,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"vmm {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+
+@pytest.fixture
+def vmm_env() -> Iterator[VmmEnv]:
+    # Short paths: Unix socket paths (data_dir/sockets/<name>.console) are limited to 107 bytes.
+    root = Path("/tmp") / f"vmmt{secrets.token_hex(3)}"
+    root.mkdir(mode=0o755)
+    env = VmmEnv(root=root, config=root / "config.json", data_dir=root / "data")
+    try:
+        yield env
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

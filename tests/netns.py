@@ -233,12 +233,7 @@ class NetNS:
                     payload = ("ok", fn(*args, **kwargs))
                 except BaseException as exc:
                     payload = ("err", exc, traceback.format_exc())
-                try:
-                    data = pickle.dumps(payload)
-                except Exception:
-                    data = pickle.dumps(
-                        ("err", RuntimeError(f"unpicklable result: {payload[1]!r}"), "")
-                    )
+                data = _pickle_payload(payload)
                 with os.fdopen(wfd, "wb") as out:
                     out.write(data)
             finally:
@@ -316,6 +311,32 @@ def connect_outside(
     add_address(host, host_if, host_cidr)
     add_address(outside, outside_if, outside_cidr)
     add_default_route(host, outside_cidr.split("/")[0])
+
+
+class RemoteError(Exception):
+    """An exception from ``NetNS.call`` that could not be sent back as itself (not picklable).
+
+    ``type_name`` is the qualified name of the original exception class.
+    """
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+
+
+def _pickle_payload(payload: tuple[Any, ...]) -> bytes:
+    # Round-trip here, in the child: an exception whose __init__ takes other arguments than
+    # its args (vmm's CommandError) pickles fine but fails to unpickle in the parent.
+    try:
+        data = pickle.dumps(payload)
+        pickle.loads(data)
+        return data
+    except Exception:
+        value = payload[1]
+        if payload[0] == "ok":
+            return pickle.dumps(("err", RemoteError("unpicklable result", repr(value)), ""))
+        name = f"{type(value).__module__}.{type(value).__qualname__}"
+        return pickle.dumps(("err", RemoteError(name, str(value)), payload[2]))
 
 
 def _libc() -> ctypes.CDLL:

@@ -46,7 +46,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fc_spec  # noqa: E402  (this directory is not a package: the fake runs as a script)
+import fc_spec  # this directory is not a package: the fake runs as a script
 
 VERSION = fc_spec.FIRECRACKER_VERSION
 CMDLINE_MAX_SIZE = 2048  # x86_64, including what Firecracker appends
@@ -135,19 +135,28 @@ class FakeVmm:
                 status, payload = 200, self.route(method, path, body)
                 if payload is None:
                     status = 204
-                    self.log(f"The request was executed successfully. Status code: 204 No Content.")
+                    self.log("The request was executed successfully. Status code: 204 No Content.")
             except Fault as fault:
                 status, payload = fault.status, {"fault_message": fault.message}
-                self.log(f"Received Error. Status code: 400 Bad Request. Message: {fault.message}",
-                         "ERROR")
+                self.log(
+                    f"Received Error. Status code: 400 Bad Request. Message: {fault.message}",
+                    "ERROR",
+                )
             decoded: Any = None
             if body is not None:
                 try:
                     decoded = json.loads(body)
                 except ValueError:
                     decoded = body.decode(errors="replace")
-            self.record({"method": method, "path": path, "body": decoded, "status": status,
-                         "response": payload})
+            self.record(
+                {
+                    "method": method,
+                    "path": path,
+                    "body": decoded,
+                    "status": status,
+                    "response": payload,
+                }
+            )
             return status, payload
 
     def route(self, method: str, path: str, body: bytes | None) -> Any:
@@ -156,7 +165,7 @@ class FakeVmm:
         if tokens and tokens[-1] == "" and len(tokens) > 1:
             tokens.pop()  # Rust's split_terminator drops one trailing empty piece
         first, rest = (tokens[0] if tokens else ""), tokens[1:]
-        self.log(f"The API server received a {method.capitalize()} request on \"{path}\".")
+        self.log(f'The API server received a {method.capitalize()} request on "{path}".')
         if method == "GET" and body is None:
             if first == "":
                 return self.instance_info()
@@ -202,8 +211,9 @@ class FakeVmm:
         # serde reads null into Option<T>: treat it as absent.
         return {k: v for k, v in value.items() if v is not None}
 
-    def parse_with_id(self, definition: str, body: bytes, rest: list[str], key: str,
-                      *, partial: bool = False) -> dict[str, Any]:
+    def parse_with_id(
+        self, definition: str, body: bytes, rest: list[str], key: str, *, partial: bool = False
+    ) -> dict[str, Any]:
         path_id = _check_id(rest)
         value = self.parse(definition, body, partial=partial)
         if value.get(key) != path_id:
@@ -223,35 +233,60 @@ class FakeVmm:
     # -- GET ------------------------------------------------------------------------------------
 
     def instance_info(self) -> dict[str, Any]:
-        return {"id": self.id, "state": self.state, "vmm_version": VERSION,
-                "app_name": "Firecracker"}
+        return {
+            "id": self.id,
+            "state": self.state,
+            "vmm_version": VERSION,
+            "app_name": "Firecracker",
+        }
 
     def full_config(self) -> dict[str, Any]:
         boot = None
         if self.boot_source is not None:
-            boot = {"kernel_image_path": self.boot_source["kernel_image_path"],
-                    "initrd_path": self.boot_source.get("initrd_path")}
+            boot = {
+                "kernel_image_path": self.boot_source["kernel_image_path"],
+                "initrd_path": self.boot_source.get("initrd_path"),
+            }
             if "boot_args" in self.boot_source:
                 boot["boot_args"] = self.boot_source["boot_args"]
         drives = [
-            {"drive_id": d["drive_id"], "partuuid": d.get("partuuid"),
-             "is_root_device": d["is_root_device"], "cache_type": d.get("cache_type", "Unsafe"),
-             "is_read_only": d.get("is_read_only", False), "path_on_host": d.get("path_on_host"),
-             "rate_limiter": d.get("rate_limiter"), "io_engine": d.get("io_engine", "Sync"),
-             "socket": d.get("socket")}
+            {
+                "drive_id": d["drive_id"],
+                "partuuid": d.get("partuuid"),
+                "is_root_device": d["is_root_device"],
+                "cache_type": d.get("cache_type", "Unsafe"),
+                "is_read_only": d.get("is_read_only", False),
+                "path_on_host": d.get("path_on_host"),
+                "rate_limiter": d.get("rate_limiter"),
+                "io_engine": d.get("io_engine", "Sync"),
+                "socket": d.get("socket"),
+            }
             for d in self.drives
         ]
         nets = [
-            {"iface_id": n["iface_id"], "host_dev_name": n["host_dev_name"],
-             "guest_mac": n.get("guest_mac"), "rx_rate_limiter": n.get("rx_rate_limiter"),
-             "tx_rate_limiter": n.get("tx_rate_limiter")}
+            {
+                "iface_id": n["iface_id"],
+                "host_dev_name": n["host_dev_name"],
+                "guest_mac": n.get("guest_mac"),
+                "rx_rate_limiter": n.get("rx_rate_limiter"),
+                "tx_rate_limiter": n.get("tx_rate_limiter"),
+            }
             for n in self.nets
         ]
         # Firecracker 1.11 exports neither logger nor metrics in /vm/config.
-        return {"balloon": None, "drives": drives, "boot-source": boot, "cpu-config": None,
-                "logger": None, "machine-config": dict(self.machine_config), "metrics": None,
-                "mmds-config": self.mmds_config, "network-interfaces": nets,
-                "vsock": self.vsock, "entropy": self.entropy}
+        return {
+            "balloon": None,
+            "drives": drives,
+            "boot-source": boot,
+            "cpu-config": None,
+            "logger": None,
+            "machine-config": dict(self.machine_config),
+            "metrics": None,
+            "mmds-config": self.mmds_config,
+            "network-interfaces": nets,
+            "vsock": self.vsock,
+            "entropy": self.entropy,
+        }
 
     # -- PUT / PATCH ----------------------------------------------------------------------------
 
@@ -276,38 +311,49 @@ class FakeVmm:
         try:
             open(cfg["kernel_image_path"], "rb").close()
         except OSError as exc:
-            raise Fault(f"Boot source error: The kernel file cannot be opened: {_os_error(exc)}")
+            raise Fault(
+                f"Boot source error: The kernel file cannot be opened: {_os_error(exc)}"
+            ) from None
         if "initrd_path" in cfg:
             try:
                 open(cfg["initrd_path"], "rb").close()
             except OSError as exc:
-                raise Fault("Boot source error: The initrd file cannot be opened due to invalid "
-                            f"path or invalid permissions. {_os_error(exc)}")
+                raise Fault(
+                    "Boot source error: The initrd file cannot be opened due to invalid "
+                    f"path or invalid permissions. {_os_error(exc)}"
+                ) from None
         if len(cfg.get("boot_args", "").encode()) >= CMDLINE_MAX_SIZE:
-            raise Fault("Boot source error: The kernel command line is invalid: "
-                        "Command line string is too large")
+            raise Fault(
+                "Boot source error: The kernel command line is invalid: "
+                "Command line string is too large"
+            )
         self.boot_source = cfg
 
     def put_drive(self, body: bytes, rest: list[str]) -> None:
         cfg = self.parse_with_id("Drive", body, rest, "drive_id")
         self.pre_boot()
-        position = next((i for i, d in enumerate(self.drives) if d["drive_id"] == cfg["drive_id"]),
-                        None)
+        position = next(
+            (i for i, d in enumerate(self.drives) if d["drive_id"] == cfg["drive_id"]), None
+        )
         has_root = bool(self.drives) and self.drives[0]["is_root_device"]
         if cfg["is_root_device"] and has_root and position != 0:
             raise Fault("Drive config error: A root block device already exists!")
         if "socket" in cfg:
             raise Fault("The fake firecracker does not implement vhost-user-block drives.")
         if "path_on_host" not in cfg:
-            raise Fault("Drive config error: Unable to create the virtio block device: "
-                        "path_on_host is required for a virtio block device")
+            raise Fault(
+                "Drive config error: Unable to create the virtio block device: "
+                "path_on_host is required for a virtio block device"
+            )
         read_only = cfg.get("is_read_only", False)
         try:
             open(cfg["path_on_host"], "rb" if read_only else "r+b").close()
         except OSError as exc:
-            raise Fault("Drive config error: Unable to create the virtio block device: Virtio "
-                        f"backend error: Error manipulating the backing file: {_os_error(exc)} "
-                        f"{cfg['path_on_host']}")
+            raise Fault(
+                "Drive config error: Unable to create the virtio block device: Virtio "
+                f"backend error: Error manipulating the backing file: {_os_error(exc)} "
+                f"{cfg['path_on_host']}"
+            ) from None
         if position is None and cfg["is_root_device"]:
             self.drives.insert(0, cfg)
         elif position is None:
@@ -322,7 +368,7 @@ class FakeVmm:
         self.post_boot()
         drive = next((d for d in self.drives if d["drive_id"] == cfg["drive_id"]), None)
         if drive is None:
-            raise Fault(f"Drive config error: Invalid block device ID!")
+            raise Fault("Drive config error: Invalid block device ID!")
         if "path_on_host" in cfg:
             if not os.path.exists(cfg["path_on_host"]):
                 raise Fault(f"Drive config error: The update operation failed: {ENOENT}")
@@ -345,9 +391,11 @@ class FakeVmm:
         if len(tap.encode()) > 15 or (
             os.environ.get("FAKE_FC_CHECK_TAP") == "1" and not Path("/sys/class/net", tap).exists()
         ):
-            raise Fault("Network config error: Could not create the network device: Open tap "
-                        f"device failed: Invalid TUN/TAP Backend provided by {tap}. Check our "
-                        "documentation on setting up the network devices.")
+            raise Fault(
+                "Network config error: Could not create the network device: Open tap "
+                f"device failed: Invalid TUN/TAP Backend provided by {tap}. Check our "
+                "documentation on setting up the network devices."
+            )
         for i, n in enumerate(self.nets):
             if n["iface_id"] == cfg["iface_id"]:
                 self.nets[i] = cfg
@@ -361,8 +409,9 @@ class FakeVmm:
             if n["iface_id"] == cfg["iface_id"]:
                 n.update({k: v for k, v in cfg.items() if k != "iface_id"})
                 return
-        raise Fault(f"Network config error: Invalid network interface ID - not found: "
-                    f"{cfg['iface_id']}")
+        raise Fault(
+            f"Network config error: Invalid network interface ID - not found: {cfg['iface_id']}"
+        )
 
     def put_machine_config(self, body: bytes, rest: list[str]) -> None:
         cfg = self.parse("MachineConfiguration", body)
@@ -380,13 +429,17 @@ class FakeVmm:
     def check_machine_config(cfg: dict[str, Any]) -> dict[str, Any]:
         vcpus = cfg["vcpu_count"]
         if vcpus < 1 or vcpus > 32 or (cfg["smt"] and vcpus > 1 and vcpus % 2):
-            raise Fault("Machine config error: The vCPU number is invalid! The vCPU number can "
-                        "only be 1 or an even number when SMT is enabled.")
+            raise Fault(
+                "Machine config error: The vCPU number is invalid! The vCPU number can "
+                "only be 1 or an even number when SMT is enabled."
+            )
         if cfg["mem_size_mib"] <= 0:
             raise Fault("Machine config error: The memory size (MiB) is invalid.")
         if cfg["huge_pages"] == "2M" and cfg["mem_size_mib"] % 2:
-            raise Fault("Machine config error: The memory size (MiB) must be a multiple of the "
-                        "huge page size.")
+            raise Fault(
+                "Machine config error: The memory size (MiB) must be a multiple of the "
+                "huge page size."
+            )
         return cfg
 
     def put_logger(self, body: bytes, rest: list[str]) -> None:
@@ -397,7 +450,7 @@ class FakeVmm:
             try:
                 os.close(os.open(cfg["log_path"], os.O_RDWR | os.O_NONBLOCK))
             except OSError as exc:
-                raise Fault(f"Logger error: Failed to open target file: {_os_error(exc)}")
+                raise Fault(f"Logger error: Failed to open target file: {_os_error(exc)}") from None
             self.log_path = cfg["log_path"]
             self.log(f"Running Firecracker v{VERSION}")
 
@@ -409,15 +462,17 @@ class FakeVmm:
         try:
             os.close(os.open(cfg["metrics_path"], os.O_RDWR | os.O_NONBLOCK))
         except OSError as exc:
-            raise Fault(f"Metrics error: Failed to open target file: {_os_error(exc)}")
+            raise Fault(f"Metrics error: Failed to open target file: {_os_error(exc)}") from None
         self.metrics_path = cfg["metrics_path"]
 
     def put_vsock(self, body: bytes, rest: list[str]) -> None:
         cfg = self.parse("Vsock", body)
         self.pre_boot()
         if os.path.exists(cfg["uds_path"]):
-            raise Fault("Vsock config error: Cannot create backend for vsock device: "
-                        "UnixBind(Os { code: 98, kind: AddrInUse, message: \"Address in use\" })")
+            raise Fault(
+                "Vsock config error: Cannot create backend for vsock device: "
+                'UnixBind(Os { code: 98, kind: AddrInUse, message: "Address in use" })'
+            )
         import socket  # the vsock backend binds its Unix socket at PUT time
 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -437,13 +492,15 @@ class FakeVmm:
             self.pre_boot()
             known = {n["iface_id"] for n in self.nets}
             if not set(cfg["network_interfaces"]) <= known:
-                raise Fault("MMDS config error: The list of network interface IDs provided "
-                            "contains at least one ID that does not correspond to any existing "
-                            "network interface.")
+                raise Fault(
+                    "MMDS config error: The list of network interface IDs provided "
+                    "contains at least one ID that does not correspond to any existing "
+                    "network interface."
+                )
             self.mmds_config = {"version": "V1", "ipv4_address": "169.254.169.254", **cfg}
             return
         if rest:
-            raise Fault(f"Invalid request method and/or path: PUT mmds.")
+            raise Fault("Invalid request method and/or path: PUT mmds.")
         self.mmds = self.parse_mmds(body)
 
     def patch_mmds(self, body: bytes, rest: list[str]) -> None:
@@ -473,8 +530,10 @@ class FakeVmm:
             raise Fault("Start microvm error: Cannot start microvm without kernel configuration.")
         cmdline = self.kernel_cmdline()
         if len(cmdline.encode()) >= CMDLINE_MAX_SIZE:
-            raise Fault("Start microvm error: Error while loading the kernel command line: "
-                        "Command line string is too large")
+            raise Fault(
+                "Start microvm error: Error while loading the kernel command line: "
+                "Command line string is too large"
+            )
         self.state = "Running"
         self.log("Successfully started microvm")
         self.console(
@@ -489,17 +548,26 @@ class FakeVmm:
         """boot_args plus what Firecracker appends: root= for the root drive, one
         virtio_mmio.device= per virtio device."""
         assert self.boot_source is not None
-        parts = [self.boot_source.get("boot_args", "reboot=k panic=1 pci=off nomodule "
-                                      "8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.nopnp "
-                                      "i8042.dumbkbd")]
+        parts = [
+            self.boot_source.get(
+                "boot_args",
+                "reboot=k panic=1 pci=off nomodule "
+                "8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.nopnp "
+                "i8042.dumbkbd",
+            )
+        ]
         if self.drives and self.drives[0]["is_root_device"]:
             root = self.drives[0]
             target = f"PARTUUID={root['partuuid']}" if "partuuid" in root else "/dev/vda"
             parts.append(f"root={target} {'ro' if root.get('is_read_only') else 'rw'}")
-        devices = len(self.drives) + len(self.nets) + (self.vsock is not None) + (
-            self.entropy is not None)
+        devices = (
+            len(self.drives)
+            + len(self.nets)
+            + (self.vsock is not None)
+            + (self.entropy is not None)
+        )
         for i in range(devices):
-            parts.append(f"virtio_mmio.device=4K@{0xd0000000 + i * 0x1000:#x}:{5 + i}")
+            parts.append(f"virtio_mmio.device=4K@{0xD0000000 + i * 0x1000:#x}:{5 + i}")
         return " ".join(p for p in parts if p)
 
     def console(self, text: str) -> None:
@@ -559,7 +627,7 @@ class ApiHandler(BaseHTTPRequestHandler):
     sys_version = ""
     server: ApiServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # the Unix-socket client address breaks the default, and stderr is the console
 
     def do_GET(self) -> None:
@@ -647,8 +715,19 @@ def apply_config_file(vmm: FakeVmm, path: str) -> None:
     """--config-file: configure from one JSON document, then start (exit 152 on error)."""
     with open(path, "rb") as f:
         config = json.load(f)
-    allowed = {"boot-source", "drives", "machine-config", "network-interfaces", "vsock",
-               "balloon", "entropy", "logger", "metrics", "mmds-config", "cpu-config"}
+    allowed = {
+        "boot-source",
+        "drives",
+        "machine-config",
+        "network-interfaces",
+        "vsock",
+        "balloon",
+        "entropy",
+        "logger",
+        "metrics",
+        "mmds-config",
+        "cpu-config",
+    }
     unknown = set(config) - allowed
     if unknown or "boot-source" not in config or "drives" not in config:
         raise Fault(f"unknown or missing keys in the config file: {sorted(unknown)}")
@@ -693,8 +772,10 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(delay)
     crash = os.environ.get("FAKE_FC_CRASH_AT_STARTUP")
     if crash:
-        sys.stderr.write("Error creating the Kvm object: Error(13) (fake crash at startup, "
-                         "FAKE_FC_CRASH_AT_STARTUP)\n")
+        sys.stderr.write(
+            "Error creating the Kvm object: Error(13) (fake crash at startup, "
+            "FAKE_FC_CRASH_AT_STARTUP)\n"
+        )
         sys.stderr.write(f"Firecracker exiting with error. exit_code={int(crash)}\n")
         return int(crash)
 
@@ -716,8 +797,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server = ApiServer(args.api_sock, ApiHandler)
         except OSError:
-            sys.stderr.write(f"Failed to open the API socket at: {args.api_sock}. Check that it "
-                             "is not already used.\n")
+            sys.stderr.write(
+                f"Failed to open the API socket at: {args.api_sock}. Check that it "
+                "is not already used.\n"
+            )
             return 1
         server.vmm = vmm
         server.exit_requested = threading.Event()

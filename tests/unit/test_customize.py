@@ -53,16 +53,14 @@ def test_debugfs_script() -> None:
         [GuestFile("/root/.ssh/authorized_keys", b"k", mode=0o600),
          GuestFile("/etc/x/y.wants/a.service", symlink_to="/lib/systemd/system/a.service")],
         ["/tmp/f0", "/tmp/f1"],
+        existing={"/root", "/etc", "/etc/x/y.wants/a.service"},
     )
     assert script.splitlines() == [
-        "mkdir /root",
         "mkdir /root/.ssh",
-        "rm /root/.ssh/authorized_keys",
         "write /tmp/f0 /root/.ssh/authorized_keys",
         "sif /root/.ssh/authorized_keys mode 0100600",
         "sif /root/.ssh/authorized_keys uid 0",
         "sif /root/.ssh/authorized_keys gid 0",
-        "mkdir /etc",
         "mkdir /etc/x",
         "mkdir /etc/x/y.wants",
         "rm /etc/x/y.wants/a.service",
@@ -70,7 +68,7 @@ def test_debugfs_script() -> None:
     ]
 
 
-@pytest.mark.parametrize("path", ["relative", "/with space", '/quo"te'])
+@pytest.mark.parametrize("path", ["relative", "/with space", '/quo"te', "/etc/../x"])
 def test_debugfs_script_rejects_bad_paths(path: str) -> None:
     with pytest.raises(ValidationError):
-        debugfs_script([GuestFile(path, b"")], ["/tmp/f0"])
+        debugfs_script([GuestFile(path, b"")], ["/tmp/f0"], set())

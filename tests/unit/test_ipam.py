@@ -241,8 +241,12 @@ LINKS_JSON = json.dumps(
             "link_netnsid": 0,
             "linkinfo": {"info_kind": "veth"},
         },
-        {"ifindex": 5, "ifname": "tun0", "flags": ["POINTOPOINT"], "linkinfo": {
-            "info_kind": "tun", "info_data": {"type": "tun"}}},
+        {
+            "ifindex": 5,
+            "ifname": "tun0",
+            "flags": ["POINTOPOINT"],
+            "linkinfo": {"info_kind": "tun", "info_data": {"type": "tun"}},
+        },
     ]
 )
 
@@ -329,9 +333,7 @@ def test_bad_vm_ids(vm_id: str) -> None:
         links.tap_name(vm_id)
 
 
-@pytest.mark.parametrize(
-    "name", ["a" * 16, "", "br 0", 'br"0', "br0;", "-br0", "eth0/1", "bré"]
-)
+@pytest.mark.parametrize("name", ["a" * 16, "", "br 0", 'br"0', "br0;", "-br0", "eth0/1", "bré"])
 def test_bad_ifnames(name: str) -> None:
     with pytest.raises(ValidationError):
         links.validate_ifname(name)
@@ -413,8 +415,19 @@ def test_ensure_tap_fresh() -> None:
     runner = recorder(**{LINK_SHOW: _links(BRIDGE)})
     links.ensure_tap(runner, "vmm-abcd1234", "vmm-br0", user=1000, group=1000)
     assert runner.calls[1:] == [
-        ["ip", "tuntap", "add", "dev", "vmm-abcd1234", "mode", "tap", "user", "1000", "group",
-         "1000"],
+        [
+            "ip",
+            "tuntap",
+            "add",
+            "dev",
+            "vmm-abcd1234",
+            "mode",
+            "tap",
+            "user",
+            "1000",
+            "group",
+            "1000",
+        ],
         ["ip", "link", "set", "dev", "vmm-abcd1234", "master", "vmm-br0", "up"],
     ]
 

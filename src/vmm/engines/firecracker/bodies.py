@@ -106,9 +106,7 @@ def ordered_drives(drives: Sequence[Drive]) -> tuple[Drive, ...]:
 def check_cmdline(cmdline: str, *, root_drive: bool, virtio_devices: int) -> str:
     """Check ``boot_args`` against what Firecracker will do with them."""
     if any(not (" " <= c <= "~") for c in cmdline):
-        raise ValidationError(
-            "the kernel command line may only contain printable ASCII characters"
-        )
+        raise ValidationError("the kernel command line may only contain printable ASCII characters")
     if root_drive and any(tok.startswith("root=") for tok in cmdline.split()):
         raise ValidationError(
             "the kernel command line must not set root= when a root drive is attached",

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vmm.config import Config, expand_user_path
 from vmm.engines.base import BootSpec, Drive, Engine, Nic, RunPaths
@@ -38,6 +39,9 @@ from vmm.models import (
 )
 from vmm.runner import Runner
 from vmm.store import Store
+
+if TYPE_CHECKING:
+    from vmm.network.firewall import FirewallSpec
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +170,12 @@ class Manager:
         accel = req.accel or cfg.accel
         if accel not in ("auto", "kvm", "tcg"):
             raise ValidationError(f"unknown accel {accel!r}", hint="use auto, kvm or tcg")
-        if accel != "auto" and engine_name == "firecracker":
-            if accel == "tcg":
+        if engine_name == "firecracker":
+            if req.accel == "tcg":
                 raise ValidationError(
                     "the firecracker engine needs KVM; --accel tcg works only with --engine qemu"
                 )
+            accel = "kvm"  # the config's accel is a QEMU setting
         image = self.images.get(req.image or vd.image)
         kernel = self.kernels.get(req.kernel or vd.kernel)
         if disk * MiB < image.virtual_size:
@@ -346,19 +351,36 @@ class Manager:
         ext4.write_files(self.runner, rootfs, files)
 
     def _ensure_network(self, vm: VM) -> None:
-        from vmm.network import firewall, ipam, links
+        from vmm.network import firewall, ipam, links, sysctl
 
         subnet, gateway = ipam.validate_network(self.config.subnet, self.config.gateway)
         with self.store.global_lock():
             links.ensure_bridge(self.runner, self.config.bridge_name, gateway, subnet.prefixlen)
-            firewall.enable_ip_forward()
+            sysctl.enable_ip_forward()
             firewall.apply(self.runner, self._firewall_spec())
             links.ensure_tap(self.runner, vm.tap, self.config.bridge_name)
 
-    def _firewall_spec(self) -> object:
-        from vmm.network import firewall
+    def _firewall_spec(self) -> FirewallSpec:
+        from vmm.network import firewall, ipam
 
-        return firewall.FirewallSpec(bridge=self.config.bridge_name, subnet=self.config.subnet)
+        subnet, _ = ipam.validate_network(self.config.subnet, self.config.gateway)
+        return firewall.FirewallSpec(bridge=self.config.bridge_name, subnet=subnet)
+
+    def _teardown_network_if_unused(self) -> None:
+        """With no VM left, remove what vmm added to the host: its nft table and the bridge."""
+        from vmm.network import firewall, links
+
+        bridge = self.config.bridge_name
+        with self.store.global_lock():
+            if self.store.names():
+                return
+            link = links.get_link(self.runner, bridge)
+            if link is not None:
+                if not link.is_bridge or any(lk.master == bridge for lk in links.list_links(self.runner)):
+                    return  # something else still uses it: leave the host as it is
+                links.delete_bridge(self.runner, bridge)
+            if firewall.table_exists(self.runner):
+                firewall.remove(self.runner)
 
     def _delete_tap(self, vm: VM) -> None:
         from vmm.network import links
@@ -482,6 +504,7 @@ class Manager:
             with self.store.global_lock():
                 self.store.remove_record(name)
         self.store.remove_vm_lock(name)
+        self._teardown_network_if_unused()
 
     def _tap_from_corrupt_record(self, name: str) -> str | None:
         try:

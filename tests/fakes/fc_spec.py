@@ -49,6 +49,22 @@ def spec_path() -> Path:
     return Path(override) if override else DEFAULT_SPEC_PATH
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1's ``yes/no/on/off`` booleans: the Logger level enum has a
+    value ``Off`` that PyYAML would otherwise turn into ``False``."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
 @cache
 def load_spec(path: Path | None = None) -> dict[str, Any]:
     path = path or spec_path()
@@ -59,7 +75,7 @@ def load_spec(path: Path | None = None) -> dict[str, Any]:
             "(or VMM_FC_SPEC pointing at it)"
         )
     with path.open() as f:
-        spec: dict[str, Any] = yaml.safe_load(f)
+        spec: dict[str, Any] = yaml.load(f, Loader=_Yaml12Loader)  # a SafeLoader subclass
     if spec.get("swagger") != "2.0" or str(spec["info"]["version"]) != FIRECRACKER_VERSION:
         raise SpecMissing(f"{path} is not the Firecracker {FIRECRACKER_VERSION} swagger spec")
     return spec

@@ -26,7 +26,9 @@ def api(version: int) -> Callable[[], int]:
 
 def api_fails(code: int) -> Callable[[], int]:
     def probe() -> int:
-        raise OSError(code, {errno.ENOENT: "No such file or directory"}.get(code, "Permission denied"))
+        raise OSError(
+            code, {errno.ENOENT: "No such file or directory"}.get(code, "Permission denied")
+        )
 
     return probe
 

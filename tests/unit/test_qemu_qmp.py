@@ -18,7 +18,7 @@ from vmm.errors import EngineError
 pytestmark = pytest.mark.unit
 
 GREETING = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}
-Handler = Callable[[dict[str, Any]], list[Any]]
+Handler = Callable[[dict[str, Any]], list[Any] | None]  # None: hang up
 
 
 def default_handler(request: dict[str, Any]) -> list[Any]:
@@ -29,7 +29,10 @@ def default_handler(request: dict[str, Any]) -> list[Any]:
     if command == "query-status":
         return [{"return": {"status": "running", "running": True}, "id": rid}]
     if command == "system_powerdown":
-        return [{"event": "POWERDOWN", "timestamp": {"seconds": 1, "microseconds": 2}}, {"return": {}, "id": rid}]
+        return [
+            {"event": "POWERDOWN", "timestamp": {"seconds": 1, "microseconds": 2}},
+            {"return": {}, "id": rid},
+        ]
     if command == "echo":
         return [{"return": request.get("arguments", {}), "id": rid}]
     return [
@@ -63,7 +66,10 @@ class FakeQmp:
             for line in f:
                 request = json.loads(line)
                 self.requests.append(request)
-                for reply in self.handler(request):
+                replies = self.handler(request)
+                if replies is None:
+                    return
+                for reply in replies:
                     f.write(self._encode(reply))
                 f.flush()
 
@@ -88,7 +94,10 @@ def test_handshake_and_commands(sock_path: Path) -> None:
     with QmpClient(sock_path, timeout=2) as qmp:
         assert qmp.greeting is not None and qmp.greeting["version"]["qemu"]["major"] == 7
         assert qmp.execute("query-status")["status"] == "running"
-        assert qmp.execute("echo", arguments={"node-name": "a"}, size=3) == {"node-name": "a", "size": 3}
+        assert qmp.execute("echo", arguments={"node-name": "a"}, size=3) == {
+            "node-name": "a",
+            "size": 3,
+        }
     server.close()
     assert [r["execute"] for r in server.requests] == ["qmp_capabilities", "query-status", "echo"]
     assert "arguments" not in server.requests[0]
@@ -150,10 +159,8 @@ def test_silent_server_times_out(sock_path: Path) -> None:
 
 
 def test_connection_closed_mid_command(sock_path: Path) -> None:
-    def handler(request: dict[str, Any]) -> list[Any]:
-        if request["execute"] == "quit":
-            raise SystemExit  # ends the server thread, closing the connection
-        return default_handler(request)
+    def handler(request: dict[str, Any]) -> list[Any] | None:
+        return None if request["execute"] == "quit" else default_handler(request)
 
     server = FakeQmp(sock_path, handler)
     with QmpClient(sock_path, timeout=2) as qmp, pytest.raises(QmpConnectionError, match="closed"):

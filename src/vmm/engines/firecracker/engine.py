@@ -166,7 +166,7 @@ class FirecrackerEngine:
             return True
 
         how = stop_escalating(ref, graceful, timeout=timeout, term_timeout=self.term_timeout)
-        self.cleanup(paths)
+        self._release_socket(paths)
         return StopResult(how=how)
 
     def kill(self, ref: ProcessRef, paths: RunPaths) -> None:
@@ -176,7 +176,7 @@ class FirecrackerEngine:
                 os.kill(ref.pid, signal.SIGKILL)
         if not wait_gone(ref, 5.0):
             raise EngineError(f"firecracker (pid {ref.pid}) did not exit after SIGKILL")
-        self.cleanup(paths)
+        self._release_socket(paths)
 
     def cleanup(self, paths: RunPaths) -> None:
         """Remove the API socket unless a live process still answers on it."""
@@ -186,6 +186,27 @@ class FirecrackerEngine:
             log.warning("leaving %s in place: %s", paths.api_socket, exc)
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _release_socket(self, paths: RunPaths, *, timeout: float = 2.0) -> None:
+        """Remove the socket of a process that was just seen gone.
+
+        The thread-group leader turns zombie (what ``is_alive`` sees) while the other threads
+        are still being torn down and the listening socket is not closed yet, so a live-looking
+        socket gets a short grace period before we leave it alone.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                remove_stale_socket(paths.api_socket)
+                return
+            except ConflictError as exc:
+                if time.monotonic() >= deadline:
+                    log.warning("leaving %s in place: %s", paths.api_socket, exc)
+                    return
+            except VmmError as exc:
+                log.warning("leaving %s in place: %s", paths.api_socket, exc)
+                return
+            time.sleep(_POLL)
 
     def _wait_for_api(
         self, proc: subprocess.Popen[bytes], api: FirecrackerApi, paths: RunPaths
@@ -217,7 +238,7 @@ class FirecrackerEngine:
                 proc.wait(timeout=5.0)
             except subprocess.TimeoutExpired:
                 log.warning("firecracker (pid %d) survived SIGKILL", proc.pid)
-        self.cleanup(paths)
+        self._release_socket(paths)
 
 
 def _startup_failure(code: int, paths: RunPaths) -> EngineError:

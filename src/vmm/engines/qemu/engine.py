@@ -87,6 +87,24 @@ def _log_since(path: Path, offset: int, lines: int = 15) -> str:
         return ""
 
 
+def _threads_running(ref: ProcessRef) -> bool:
+    """Whether any thread of the process ``ref`` has not exited yet."""
+    if start_time_of(ref.pid) != ref.start_time:
+        return False
+    try:
+        tids = os.listdir(f"/proc/{ref.pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            stat_line = Path(f"/proc/{ref.pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        if stat_line[stat_line.rfind(")") + 2 :][:1] not in ("Z", "X"):
+            return True
+    return False
+
+
 def _describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -119,6 +137,9 @@ class QemuEngine:
         self._tap_exists = tap_exists
         self.ready_timeout = ready_timeout
         self.qmp_timeout = qmp_timeout
+        # QEMU children this engine launched, kept so that they are reaped (no zombies in a
+        # long-lived caller) and so Popen does not warn "still running" when collected.
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- availability ---------------------------------------------------------------------
 
@@ -178,10 +199,12 @@ class QemuEngine:
         offset = paths.engine_log.stat().st_size if paths.engine_log.exists() else 0
         proc = spawn_detached(argv, log_path=paths.engine_log)
         try:
-            return self._wait_ready(proc, paths, offset, argv)
+            ref = self._wait_ready(proc, paths, offset, argv)
         except BaseException:
             self._abort(proc, paths)
             raise
+        self._children[proc.pid] = proc
+        return ref
 
     def _check_inputs(self, spec: BootSpec) -> None:
         files = [("kernel", spec.kernel)]
@@ -256,10 +279,35 @@ class QemuEngine:
 
     # -- running VMs ----------------------------------------------------------------------
 
+    def _forget_if_gone(self, ref: ProcessRef) -> None:
+        """Reap our own child if it has exited (a no-op for VMs launched by another process)."""
+        proc = self._children.get(ref.pid)
+        if proc is not None and proc.poll() is not None:
+            del self._children[ref.pid]
+
+    def _settle(self, ref: ProcessRef, timeout: float = 5.0) -> None:
+        """Wait until a stopped QEMU has fully exited, and reap it if it is our child.
+
+        ``is_alive`` calls a zombie main thread gone, but QEMU is multi-threaded: its other
+        threads (and its open sockets) can outlive the main thread for a moment after a signal.
+        """
+        proc = self._children.pop(ref.pid, None)
+        if proc is not None:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._children[ref.pid] = proc
+                log.warning("QEMU (pid %d) is still exiting after %g s", ref.pid, timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while _threads_running(ref) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def status(self, ref: ProcessRef, paths: RunPaths) -> str | None:
         """QMP's run state ("running", "paused", "shutdown", ...), or None when the process is
         gone or QMP does not answer."""
         if not is_alive(ref):
+            self._forget_if_gone(ref)
             return None
         try:
             result = qmp_execute(paths.api_socket, "query-status", timeout=self.qmp_timeout)
@@ -277,6 +325,7 @@ class QemuEngine:
             return True
 
         how = stop_escalating(ref, powerdown, timeout=timeout)
+        self._settle(ref)
         self.cleanup(paths)
         return StopResult(how)
 
@@ -286,6 +335,7 @@ class QemuEngine:
                 os.kill(ref.pid, signal.SIGKILL)
             if not wait_gone(ref, 5.0):
                 raise EngineError(f"QEMU (pid {ref.pid}) did not exit after SIGKILL")
+        self._settle(ref)
         self.cleanup(paths)
 
     def cleanup(self, paths: RunPaths) -> None:

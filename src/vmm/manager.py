@@ -27,6 +27,7 @@ from vmm.guest import customize, ext4
 from vmm.guest.images import ImageRegistry
 from vmm.guest.kernels import KernelRegistry
 from vmm.host.process import ProcessRef, is_alive, log_tail
+from vmm.status import VMView, process_ref
 from vmm.models import (
     VM,
     VMState,
@@ -67,29 +68,6 @@ class CreateRequest:
     engine: str | None = None
     accel: str | None = None
     boot_args: str | None = None
-
-
-@dataclass
-class VMView:
-    """A record together with what the host shows about it right now."""
-
-    vm: VM
-    alive: bool
-
-    @property
-    def state(self) -> str:
-        recorded = self.vm.state
-        if self.alive:
-            return VMState.RUNNING.value if recorded == VMState.STARTING.value else recorded
-        if recorded in (VMState.RUNNING.value, VMState.STOPPING.value, VMState.STARTING.value):
-            return VMState.STOPPED.value  # the process is gone: the guest shut down or died
-        return recorded
-
-
-def process_ref(vm: VM) -> ProcessRef | None:
-    if vm.pid is None or vm.pid_start_time is None:
-        return None
-    return ProcessRef(vm.pid, vm.pid_start_time)
 
 
 def read_public_key(path: Path) -> str:
@@ -144,7 +122,7 @@ class Manager:
     # -- queries ------------------------------------------------------------------------
 
     def view(self, vm: VM) -> VMView:
-        return VMView(vm, is_alive(process_ref(vm)))
+        return VMView.of(vm)
 
     def get(self, name: str) -> VM:
         validate_name(name)

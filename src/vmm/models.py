@@ -7,7 +7,6 @@ A record is decoded strictly at the boundary: unknown keys, missing keys and wro
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -82,6 +81,8 @@ def validate_dns_servers(servers: list[str]) -> list[str]:
 
 def new_vm_id() -> str:
     """8 hex characters from a UUID4: short enough for TAP names (``vmm-<id>``, 12 chars)."""
+    import uuid
+
     return uuid.uuid4().hex[:8]
 
 

@@ -23,11 +23,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmm.engines.base import RunPaths
 from vmm.errors import NotFoundError, PermissionDenied, RecordError
 from vmm.models import VM
 
 UNIX_PATH_MAX = 107
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Per-VM files an engine uses at run time."""
+
+    vm_dir: Path
+    console_log: Path
+    api_socket: Path  # Firecracker API socket or QEMU QMP socket
+    console_socket: Path  # serial console socket (QEMU); unused by Firecracker
+    engine_log: Path
 
 
 @dataclass

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import VmmEnv
 from tests.netns import NetNS
 from tests.unit.test_kernels import fake_elf
@@ -39,7 +38,9 @@ def ready(vmm_env: VmmEnv, tmp_path: Path) -> VmmEnv:
     with img.open("wb") as f:
         f.truncate(128 * 1024 * 1024)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True
+    )
     vmm_env.run("kernel", "import", str(kernel), "--name", "default", check=True)
     vmm_env.run("image", "import", str(img), "--name", "default", check=True)
     vmm_env.run("create", "taken", "--ssh-key", str(tmp_path / "key.pub"), check=True)
@@ -70,13 +71,17 @@ def cases(tmp: Path) -> list[tuple[list[str], int, str]]:
         (["kernel", "import", str(tmp / "text"), "--name", "k"], 1, "not an ELF"),
         (["kernel", "import", str(arm), "--name", "k"], 1, "aarch64"),
         (["kernel", "import", str(tmp / "vmlinux"), "--name", "default"], 1, "already exists"),
-        (["kernel", "import", str(tmp / "vmlinux"), "--name", "Bad/Name"], 1, "invalid kernel name"),
+        (
+            ["kernel", "import", str(tmp / "vmlinux"), "--name", "Bad/Name"],
+            1,
+            "invalid kernel name",
+        ),
         (["image", "import", str(tmp / "text"), "--name", "i"], 1, "not an ext4"),
         (["image", "import", "/nonexistent.ext4", "--name", "i"], 1, "does not exist"),
         (["start", "ghost"], 1, "does not exist"),
         (["stop", "ghost"], 1, "does not exist"),
         (["delete", "ghost"], 1, "does not exist"),
-        (["ssh", "taken"], 2, "not running"),
+        (["ssh", "taken"], 1, "not running"),
         (["frobnicate"], 2, "invalid choice"),
         (["create"], 2, "required"),
     ]
@@ -89,8 +94,11 @@ def test_bad_input_table(ready: VmmEnv, tmp_path: Path) -> None:
     for args, code, message in cases(tmp_path):
         before = snapshot(env.data_dir)
         proc = subprocess.run(
-            [__import__("sys").executable, "-m", "vmm", *args], env=env_vars,
-            capture_output=True, text=True, stdin=subprocess.DEVNULL,
+            [__import__("sys").executable, "-m", "vmm", *args],
+            env=env_vars,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
         )
         where = f"vmm {' '.join(args)}: rc={proc.returncode} stderr={proc.stderr!r}"
         assert proc.returncode == code, where
@@ -127,7 +135,9 @@ def test_corrupt_record(ready: VmmEnv, netns: NetNS) -> None:
     assert start.returncode == 1 and "corrupt" in start.stderr and "Traceback" not in start.stderr
     # a corrupt record's address is still taken: the next VM does not get it
     rec = json.loads((ready.data_dir / "vms" / "taken.json").read_text())
-    (ready.data_dir / "vms" / "broken.json").write_text('{"ip": "172.16.0.3", "id": "deadbeef", oops')
+    (ready.data_dir / "vms" / "broken.json").write_text(
+        '{"ip": "172.16.0.3", "id": "deadbeef", oops'
+    )
     created = ready.run("create", "next", check=True).stdout
     assert rec["ip"] == "172.16.0.2" and "172.16.0.4" in created
     # delete -f cleans up a corrupt record
@@ -140,7 +150,16 @@ def test_non_root(ready: VmmEnv) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
     os.chmod(ready.root, 0o755)
-    base = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", __import__("sys").executable, "-m", "vmm"]
+    base = [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--",
+        __import__("sys").executable,
+        "-m",
+        "vmm",
+    ]
     env = ready.env()
     env["HOME"] = "/nonexistent"
     listed = subprocess.run([*base, "list", "-a"], env=env, capture_output=True, text=True)

@@ -34,7 +34,9 @@ def make_image(tmp: Path, size_mb: int = 64) -> Path:
 
 
 def debugfs(img: Path, request: str) -> str:
-    return subprocess.run(["debugfs", "-R", request, str(img)], capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["debugfs", "-R", request, str(img)], capture_output=True, text=True
+    ).stdout
 
 
 def fsck_clean(img: Path) -> None:
@@ -51,8 +53,16 @@ def test_copy_is_sparse_and_grow_resizes(tmp_path: Path) -> None:
     ext4.grow(runner, copy, 256)
     assert copy.stat().st_size == 256 * 1024 * 1024
     assert "Block count:" in debugfs(copy, "stats")
-    blocks = int(next(line for line in debugfs(copy, "stats").splitlines() if line.startswith("Block count:")).split()[-1])
-    block_size = int(next(line for line in debugfs(copy, "stats").splitlines() if line.startswith("Block size:")).split()[-1])
+    blocks = int(
+        next(
+            line for line in debugfs(copy, "stats").splitlines() if line.startswith("Block count:")
+        ).split()[-1]
+    )
+    block_size = int(
+        next(
+            line for line in debugfs(copy, "stats").splitlines() if line.startswith("Block size:")
+        ).split()[-1]
+    )
     assert blocks * block_size == 256 * 1024 * 1024
     fsck_clean(copy)
     with pytest.raises(Exception, match="smaller"):
@@ -62,19 +72,41 @@ def test_copy_is_sparse_and_grow_resizes(tmp_path: Path) -> None:
 def test_guest_files_written_without_mounting(tmp_path: Path) -> None:
     runner = Runner()
     img = make_image(tmp_path)
-    files = customize.first_boot_files(hostname="dev", ssh_public_key="ssh-ed25519 AAAAC3 me@host", dns=["9.9.9.9"])
+    files = customize.first_boot_files(
+        hostname="dev", ssh_public_key="ssh-ed25519 AAAAC3 me@host", dns=["9.9.9.9"]
+    )
     ext4.write_files(runner, img, files)
     ext4.set_dir_mode(runner, img, "/root/.ssh", 0o700)
-    ext4.write_files(runner, img, customize.every_boot_files(
-        mac="06:00:AC:10:00:02", ip="172.16.0.2", subnet="172.16.0.0/16", gateway="172.16.0.1",
-        dns=["9.9.9.9"], networkd_present=True))
+    ext4.write_files(
+        runner,
+        img,
+        customize.every_boot_files(
+            mac="06:00:AC:10:00:02",
+            ip="172.16.0.2",
+            subnet="172.16.0.0/16",
+            gateway="172.16.0.1",
+            dns=["9.9.9.9"],
+            networkd_present=True,
+        ),
+    )
     # twice: rewriting existing files must work (every start rewrites the network file)
-    ext4.write_files(runner, img, customize.every_boot_files(
-        mac="06:00:AC:10:00:02", ip="172.16.0.2", subnet="172.16.0.0/16", gateway="172.16.0.1",
-        dns=["9.9.9.9"], networkd_present=True))
+    ext4.write_files(
+        runner,
+        img,
+        customize.every_boot_files(
+            mac="06:00:AC:10:00:02",
+            ip="172.16.0.2",
+            subnet="172.16.0.0/16",
+            gateway="172.16.0.1",
+            dns=["9.9.9.9"],
+            networkd_present=True,
+        ),
+    )
     assert ext4.read_file(runner, img, "/etc/hostname") == "dev\n"
     assert "nameserver 9.9.9.9" in (ext4.read_file(runner, img, "/etc/resolv.conf") or "")
-    assert ext4.read_file(runner, img, "/root/.ssh/authorized_keys") == "ssh-ed25519 AAAAC3 me@host\n"
+    assert (
+        ext4.read_file(runner, img, "/root/.ssh/authorized_keys") == "ssh-ed25519 AAAAC3 me@host\n"
+    )
     stat = debugfs(img, "stat /root/.ssh/authorized_keys")
     assert "Mode:  0600" in stat and "User:     0" in stat
     assert "Mode:  0700" in debugfs(img, "stat /root/.ssh")

@@ -9,12 +9,15 @@ veth on the bridge stands in for a VM) and "outside" (stands in for the internet
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +36,6 @@ from vmm.network.firewall import FirewallSpec, PortForward
 from vmm.network.iproute import Link
 from vmm.runner import Runner
 
-pytest_plugins = ["tests.netns"]
 pytestmark = pytest.mark.integration
 
 BRIDGE = "vmm-br0"
@@ -78,7 +80,7 @@ def test_ensure_bridge_creates_it_and_is_idempotent(netns: NetNS) -> None:
     br = link(netns, BRIDGE)
     assert br is not None and br.is_bridge and br.is_up
     assert br.mac == "06:00:ac:10:00:01"
-    assert in_ns(netns, links.list_addresses, BRIDGE) == [IPv4Interface("172.16.0.1/16")]
+    assert in_ns(netns, links.list_addresses)[BRIDGE] == [IPv4Interface("172.16.0.1/16")]
 
     def again() -> list[list[str]]:
         runner = CountingRunner()
@@ -95,7 +97,7 @@ def test_ensure_bridge_finishes_a_half_made_bridge(netns: NetNS) -> None:
     in_ns(netns, links.ensure_bridge, BRIDGE, GW, 16)
     br = link(netns, BRIDGE)
     assert br is not None and br.is_up
-    assert in_ns(netns, links.list_addresses, BRIDGE) == [IPv4Interface("172.16.0.1/16")]
+    assert in_ns(netns, links.list_addresses)[BRIDGE] == [IPv4Interface("172.16.0.1/16")]
 
 
 def test_bridge_mac_stays_when_ports_come_and_go(netns: NetNS) -> None:
@@ -108,10 +110,18 @@ def test_bridge_mac_stays_when_ports_come_and_go(netns: NetNS) -> None:
 def test_overlapping_subnet_is_refused(netns: NetNS) -> None:
     netns.run(["ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan1"])
     netns.run(["ip", "addr", "add", "172.16.5.1/24", "dev", "lan0"])
+    # lan0 is down: no route yet, but its address would collide once it comes up
+    with pytest.raises(ConflictError, match=r"overlaps the address 172\.16\.5\.1/24 of lan0"):
+        in_ns(netns, links.ensure_bridge, BRIDGE, GW, 16)
+    netns.run(["ip", "link", "set", "lan0", "up"])
+    netns.run(["ip", "link", "set", "lan1", "up"])
+    netns.run(["ip", "route", "add", "10.60.0.0/16", "via", "172.16.5.2"])
     with pytest.raises(ConflictError, match=r"overlaps the host route 172\.16\.5\.0/24 dev lan0"):
         in_ns(netns, links.ensure_bridge, BRIDGE, GW, 16)
+    with pytest.raises(ConflictError, match=r"overlaps the host route 10\.60\.0\.0/16 via"):
+        in_ns(netns, links.ensure_bridge, BRIDGE, "10.60.128.1", 17)
     assert link(netns, BRIDGE) is None
-    # a subnet next to it is fine
+    # a subnet next to them is fine
     in_ns(netns, links.ensure_bridge, BRIDGE, "172.17.0.1", 16)
 
 
@@ -311,23 +321,22 @@ except OSError as exc:
 class Server:
     """The SERVER script running in a namespace; ``seen()`` lists the peers it accepted."""
 
-    def __init__(self, ns: NetNS, addr: str, port: int):
-        import subprocess
-
-        self.proc = ns.popen(
-            [sys.executable, "-c", SERVER, addr, str(port)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().strip()
-        assert line == "ready", f"server did not start: {line!r} {self.proc.stderr}"
-        os.set_blocking(self.proc.stdout.fileno(), False)
+    def __init__(self, ns: NetNS, addr: str, port: int, log: Path):
+        self.log = log
+        with log.open("w") as out:
+            self.proc = ns.popen(
+                [sys.executable, "-u", "-c", SERVER, addr, str(port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 10
+        while not log.read_text().startswith("ready"):
+            assert self.proc.poll() is None, f"server failed: {log.read_text()}"
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
 
     def seen(self) -> list[str]:
-        assert self.proc.stdout is not None
-        return (self.proc.stdout.read() or "").split()
+        return self.log.read_text().split()[1:]
 
 
 def connect_from(ns: NetNS, addr: str, port: int, timeout: float = 3.0) -> str:
@@ -339,41 +348,48 @@ def pings(ns: NetNS, addr: str) -> bool:
     return ns.run(["ping", "-n", "-c", "1", "-W", "2", addr], check=False).returncode == 0
 
 
+def attach_guest(host: NetNS, guest: NetNS, port: str, cidr: str) -> None:
+    """Put ``guest`` on the host's bridge through a veth (port ``port``), like a VM on its TAP."""
+    connect(host, port, guest, "eth0")
+    host.run(["ip", "link", "set", port, "master", BRIDGE])
+    add_address(guest, "eth0", cidr)
+    add_default_route(guest, str(GW))
+
+
 @pytest.fixture
 def topology(netns_factory: Callable[[], NetNS]) -> tuple[NetNS, NetNS, NetNS]:
     """host (bridge vmm-br0, uplink to outside), guest 172.16.0.2 on the bridge, outside."""
     host, guest, outside = netns_factory(), netns_factory(), netns_factory()
     in_ns(host, links.ensure_bridge, BRIDGE, GW, 16)
-    connect(host, "vmmt-g0", guest, "eth0")
-    host.run(["ip", "link", "set", "vmmt-g0", "master", BRIDGE])
-    add_address(guest, "eth0", "172.16.0.2/16")
-    add_default_route(guest, "172.16.0.1")
+    attach_guest(host, guest, "vmmt-g0", "172.16.0.2/16")
     connect_outside(host, outside)
     host.call(sysctl.enable_ip_forward)
     assert pings(guest, "172.16.0.1"), "guest cannot reach the bridge"
     return host, guest, outside
 
 
-def test_nat_masquerades_guest_traffic(topology: tuple[NetNS, NetNS, NetNS]) -> None:
+def test_nat_masquerades_guest_traffic(
+    topology: tuple[NetNS, NetNS, NetNS], tmp_path: Path
+) -> None:
     host, guest, outside = topology
-    server = Server(outside, "10.200.0.2", 9000)
+    server = Server(outside, "10.200.0.2", 9000, tmp_path / "server.log")
 
     in_ns(host, firewall.apply, SPEC)
     assert pings(guest, "10.200.0.2")
     assert connect_from(guest, "10.200.0.2", 9000) == "10.200.0.1"
-    time.sleep(0.1)
     assert server.seen() == ["10.200.0.1"]
 
     in_ns(host, firewall.remove)
     assert not pings(guest, "10.200.0.2")
     assert connect_from(guest, "10.200.0.2", 9000, timeout=2).startswith("failed")
-    time.sleep(0.1)
     assert server.seen() == []
 
 
-def test_outside_cannot_open_connections_to_guests(topology: tuple[NetNS, NetNS, NetNS]) -> None:
+def test_outside_cannot_open_connections_to_guests(
+    topology: tuple[NetNS, NetNS, NetNS], tmp_path: Path
+) -> None:
     host, guest, outside = topology
-    Server(guest, "172.16.0.2", 7000)
+    Server(guest, "172.16.0.2", 7000, tmp_path / "server.log")
     outside.run(["ip", "route", "add", "172.16.0.0/16", "via", "10.200.0.1"])
     assert connect_from(outside, "172.16.0.2", 7000) == "10.200.0.2"  # no rules: routed
     in_ns(host, firewall.apply, SPEC)
@@ -381,17 +397,29 @@ def test_outside_cannot_open_connections_to_guests(topology: tuple[NetNS, NetNS,
     assert pings(guest, "10.200.0.2"), "the guest's own traffic must still flow"
 
 
-def test_port_forward_reaches_the_guest(topology: tuple[NetNS, NetNS, NetNS]) -> None:
+def test_port_forward_reaches_the_guest(
+    topology: tuple[NetNS, NetNS, NetNS],
+    netns_factory: Callable[[], NetNS],
+    tmp_path: Path,
+) -> None:
     host, guest, outside = topology
-    server = Server(guest, "172.16.0.2", 8000)
-    spec = FirewallSpec(BRIDGE, NET, forwards=(PortForward(8080, IPv4Address("172.16.0.2"), 8000),))
-    in_ns(host, firewall.apply, spec)
+    other = netns_factory()  # a second VM on the bridge
+    attach_guest(host, other, "vmmt-g1", "172.16.0.3/16")
+    server = Server(guest, "172.16.0.2", 8000, tmp_path / "server.log")
+    forward = PortForward(8080, IPv4Address("172.16.0.2"), 8000)
+    in_ns(host, firewall.apply, FirewallSpec(BRIDGE, NET, forwards=(forward,)))
     host.call(sysctl.enable_route_localnet, BRIDGE)
     # from outside: DNAT only, the guest sees the real client
     assert connect_from(outside, "10.200.0.1", 8080) == "10.200.0.2"
-    # from the host itself, via localhost: output DNAT + masquerade to the bridge address
+    # from the host itself, via localhost: output DNAT, then masquerade to the bridge address
     assert connect_from(host, "127.0.0.1", 8080) == "172.16.0.1"
-    # from the guest through the host (hairpin): masqueraded so replies return via the host
-    assert connect_from(guest, "172.16.0.1", 8080) == "172.16.0.1"
-    time.sleep(0.1)
+    # from another VM through the host (hairpin): masqueraded so the replies go back via the host
+    assert connect_from(other, "172.16.0.1", 8080) == "172.16.0.1"
     assert server.seen() == ["10.200.0.2", "172.16.0.1", "172.16.0.1"]
+
+
+def test_port_forward_hairpin_to_the_same_guest_needs_hairpin_mode(netns: NetNS) -> None:
+    in_ns(netns, links.ensure_bridge, BRIDGE, GW, 16)
+    in_ns(netns, links.ensure_tap, TAP, BRIDGE, hairpin=True)
+    shown = json.loads(netns.run(["ip", "-j", "-d", "link", "show", "dev", TAP]).stdout)
+    assert shown[0]["linkinfo"]["info_slave_data"]["hairpin"] is True

@@ -14,11 +14,14 @@ create it).
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,12 +29,13 @@ from pathlib import Path
 
 import pytest
 
+import vmm
 from vmm.engines.base import BootSpec, Drive, Nic, RunPaths
 from vmm.engines.qemu.accel import resolve_accel
 from vmm.engines.qemu.engine import QemuEngine, tap_exists
 from vmm.engines.qemu.qmp import QmpClient
 from vmm.errors import ConflictError, EngineError
-from vmm.host.process import is_alive
+from vmm.host.process import ProcessRef, is_alive
 
 pytestmark = [
     pytest.mark.integration,
@@ -136,9 +140,10 @@ def vm_dir() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def make_spec(vm_dir: Path, kernel: bytes, **changes: object) -> BootSpec:
+def make_spec(vm_dir: Path, image: bytes, **changes: object) -> BootSpec:
+    """A spec booting ``image`` (written to kernel.elf) with a 1 MiB sparse root drive."""
     kernel_path = vm_dir / "kernel.elf"
-    kernel_path.write_bytes(kernel)
+    kernel_path.write_bytes(image)
     rootfs = vm_dir / "rootfs.img"
     with rootfs.open("wb") as f:
         f.truncate(1 << 20)
@@ -215,6 +220,39 @@ def test_launch_qmp_console_and_stop_escalates_to_sigterm(vm_dir: Path) -> None:
     assert "terminating on signal 15" in spec.paths.engine_log.read_text()
 
 
+LAUNCH_IN_CHILD = """
+import json, sys
+from pathlib import Path
+from vmm.engines.base import BootSpec, Drive, RunPaths
+from vmm.engines.qemu.engine import QemuEngine
+d = Path(sys.argv[1])
+paths = RunPaths(d, d / "console.log", d / "q.sock", d / "c.sock", d / "qemu.log")
+spec = BootSpec("t", "t", d / "kernel.elf", "console=ttyS0", 1, 64, paths)
+ref = QemuEngine().launch(spec)
+print(json.dumps([ref.pid, ref.start_time]))
+"""
+
+
+def test_stop_from_another_process_like_a_later_vmm_stop(vm_dir: Path) -> None:
+    # `vmm start` exits after launch; `vmm stop` is a new process: QEMU is not its child.
+    spec = make_spec(vm_dir, dummy_pvh_kernel("orphan"))
+    env = {**os.environ, "PYTHONPATH": str(Path(vmm.__file__).parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-c", LAUNCH_IN_CHILD, str(vm_dir)],
+        capture_output=True, text=True, timeout=60, env=env, check=True,
+    ).stdout  # fmt: skip
+    pid, start_time = json.loads(out)
+    ref = ProcessRef(pid, start_time)
+    engine = QemuEngine()
+    try:
+        assert engine.status(ref, spec.paths) == "running"
+        assert engine.stop(ref, spec.paths, timeout=0.5).how == "sigterm"
+    finally:
+        engine.kill(ref, spec.paths)
+    assert not is_alive(ref)
+    assert sockets_gone(spec.paths)
+
+
 def test_stale_sockets_are_removed_before_launch(vm_dir: Path) -> None:
     spec = make_spec(vm_dir, dummy_pvh_kernel("stale"))
     for path in (spec.paths.api_socket, spec.paths.console_socket):
@@ -267,6 +305,7 @@ def test_guest_reset_ends_the_process(vm_dir: Path) -> None:
     assert sockets_gone(spec.paths)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="opening /dev/net/tun needs root")
 def test_tap_qemu_cannot_open_fails_launch_with_qemus_message(vm_dir: Path) -> None:
     assert tap_exists("lo")
     spec = make_spec(

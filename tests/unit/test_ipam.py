@@ -193,6 +193,22 @@ def test_adjacent_subnet_does_not_overlap() -> None:
     assert not ipam.overlaps_routes("172.18.0.0/16", ROUTES, own_dev="vmm-br0")
 
 
+def test_overlapping_addresses() -> None:
+    addrs = {
+        "vmm-br0": [IPv4Interface("172.16.0.1/16")],
+        "eth0": [IPv4Interface("192.168.1.10/24")],
+        "wg0": [IPv4Interface("172.16.9.1/24"), IPv4Interface("10.1.0.1/16")],
+        "lo": [IPv4Interface("127.0.0.1/8")],
+    }
+    assert ipam.overlapping_addresses(SUBNET, addrs, own_dev="vmm-br0") == [
+        ("wg0", IPv4Interface("172.16.9.1/24"))
+    ]
+    assert ipam.overlapping_addresses("10.0.0.0/8", addrs) == [
+        ("wg0", IPv4Interface("10.1.0.1/16"))
+    ]
+    assert ipam.overlapping_addresses("172.18.0.0/16", addrs) == []
+
+
 def test_host_route_overlaps() -> None:
     routes = [Route(IPv4Network("172.16.9.9/32"), "wg0")]
     assert ipam.overlaps_routes(SUBNET, routes)
@@ -375,7 +391,7 @@ TAP = {
 def test_ensure_bridge_creates_with_fixed_mac() -> None:
     runner = recorder(**{LINK_SHOW: "[]", "ip -j -4 route show": ROUTES_JSON})
     links.ensure_bridge(runner, "vmm-br0", "172.16.0.1", 16)
-    assert runner.calls[2:] == [
+    assert runner.calls[3:] == [
         ["ip", "link", "add", "name", "vmm-br0", "address", "06:00:ac:10:00:01", "type", "bridge"],
         ["ip", "addr", "add", "172.16.0.1/16", "dev", "vmm-br0"],
         ["ip", "link", "set", "dev", "vmm-br0", "up"],
@@ -383,11 +399,11 @@ def test_ensure_bridge_creates_with_fixed_mac() -> None:
 
 
 def test_ensure_bridge_is_a_no_op_when_in_place() -> None:
-    runner = recorder(**{LINK_SHOW: _links(BRIDGE), "ip -j -4 addr show dev vmm-br0": ADDR_JSON})
+    runner = recorder(**{LINK_SHOW: _links(BRIDGE), "ip -j -4 addr show": ADDR_JSON})
     links.ensure_bridge(runner, "vmm-br0", A("172.16.0.1"), 16)
-    assert [c[:4] for c in runner.calls] == [
-        ["ip", "-j", "-d", "link"],
-        ["ip", "-j", "-4", "addr"],
+    assert runner.calls == [
+        ["ip", "-j", "-d", "link", "show"],
+        ["ip", "-j", "-4", "addr", "show"],
     ]
 
 
@@ -399,8 +415,18 @@ def test_ensure_bridge_refuses_overlapping_subnet() -> None:
     assert not any(c[:3] == ["ip", "link", "add"] for c in runner.calls)
 
 
+def test_ensure_bridge_refuses_an_address_on_a_down_device() -> None:
+    addrs = (
+        '[{"ifname":"wg0","flags":["POINTOPOINT"],"addr_info":[{"family":"inet",'
+        '"local":"172.16.200.1","prefixlen":24}]}]'
+    )
+    runner = recorder(**{LINK_SHOW: "[]", "ip -j -4 addr show": addrs})
+    with pytest.raises(ConflictError, match="overlaps the address 172.16.200.1/24 of wg0"):
+        links.ensure_bridge(runner, "vmm-br0", "172.16.0.1", 16)
+
+
 def test_ensure_bridge_refuses_changed_address() -> None:
-    runner = recorder(**{LINK_SHOW: _links(BRIDGE), "ip -j -4 addr show dev vmm-br0": ADDR_JSON})
+    runner = recorder(**{LINK_SHOW: _links(BRIDGE), "ip -j -4 addr show": ADDR_JSON})
     with pytest.raises(ConflictError, match="has the address 172.16.0.1/16, not 10.5.0.1/24"):
         links.ensure_bridge(runner, "vmm-br0", "10.5.0.1", 24)
 
@@ -429,6 +455,22 @@ def test_ensure_tap_fresh() -> None:
             "1000",
         ],
         ["ip", "link", "set", "dev", "vmm-abcd1234", "master", "vmm-br0", "up"],
+    ]
+
+
+def test_ensure_tap_hairpin() -> None:
+    runner = recorder(**{LINK_SHOW: _links(BRIDGE)})
+    links.ensure_tap(runner, "vmm-abcd1234", "vmm-br0", hairpin=True)
+    assert runner.calls[-1] == [
+        "ip",
+        "link",
+        "set",
+        "dev",
+        "vmm-abcd1234",
+        "type",
+        "bridge_slave",
+        "hairpin",
+        "on",
     ]
 
 

@@ -7,7 +7,6 @@ This package is the only one that prints. It catches ``VmmError`` only: the user
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -25,13 +24,14 @@ def _print_error(exc: VmmError) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    if debug:  # logging is imported only when asked for: it costs read-only commands ~5 ms
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

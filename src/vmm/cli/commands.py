@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from vmm.errors import PermissionDenied, UsageError
+from vmm.errors import ConflictError, PermissionDenied
 
 if TYPE_CHECKING:
     from vmm.config import Config
@@ -134,8 +134,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    m = manager()
-    views, problems = m.list()
+    # Read-only and frequent: records + /proc only, without the manager's imports.
+    from vmm.status import VMView
+    from vmm.store import Store
+
+    vms, record_problems = Store(load_config().data_path).load_all()
+    views = [VMView.of(vm) for vm in vms]
+    problems = [(p.name, p.error) for p in record_problems]
     shown = [v for v in views if args.all or v.state not in ("stopped", "created")]
     if args.json:
         out = []
@@ -173,7 +178,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     m = manager()
     vm = m.get(args.name)
     if not m.view(vm).alive:
-        raise UsageError(f"VM {vm.name!r} is not running", hint=f"start it with 'vmm start {vm.name}'")
+        raise ConflictError(f"VM {vm.name!r} is not running", hint=f"start it with 'vmm start {vm.name}'")
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]

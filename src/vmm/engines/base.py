@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from vmm.host.process import ProcessRef
+from vmm.host.liveness import ProcessRef
+from vmm.store import RunPaths
+
+__all__ = ["BootSpec", "Drive", "Engine", "Nic", "ProcessRef", "RunPaths", "StopResult"]
 
 
 @dataclass(frozen=True)
@@ -30,17 +33,6 @@ class Nic:
     iface_id: str
     tap: str
     mac: str
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Per-VM files an engine uses at run time."""
-
-    vm_dir: Path
-    console_log: Path
-    api_socket: Path  # Firecracker API socket or QEMU QMP socket
-    console_socket: Path  # serial console socket (QEMU); unused by Firecracker
-    engine_log: Path
 
 
 @dataclass(frozen=True)

@@ -13,54 +13,15 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from vmm.errors import EngineError, tail
+from vmm.host.liveness import ProcessRef, is_alive, ref_for, start_time_of
+
+__all__ = ["ProcessRef", "is_alive", "log_tail", "ref_for", "spawn_detached", "start_time_of",
+           "stop_escalating", "wait_gone"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ProcessRef:
-    pid: int
-    start_time: int  # field 22 of /proc/<pid>/stat, in clock ticks since boot
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name (field 2) is in parentheses and may contain spaces or ')'.
-    rest = raw[raw.rfind(")") + 2 :].split()
-    return rest  # rest[0] is field 3 (state)
-
-
-def start_time_of(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    if fields is None or len(fields) < 20:
-        return None
-    return int(fields[19])
-
-
-def is_alive(ref: ProcessRef | None) -> bool:
-    """True when the process exists, is not a zombie and is the one we started."""
-    if ref is None or ref.pid <= 0:
-        return False
-    fields = _stat_fields(ref.pid)
-    if fields is None or len(fields) < 20:
-        return False
-    if fields[0] in ("Z", "X"):
-        return False
-    return int(fields[19]) == ref.start_time
-
-
-def ref_for(pid: int) -> ProcessRef:
-    st = start_time_of(pid)
-    if st is None:
-        raise EngineError(f"process {pid} exited right after it was started")
-    return ProcessRef(pid, st)
 
 
 def spawn_detached(

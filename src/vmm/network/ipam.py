@@ -8,8 +8,8 @@ addresses already used by VM records.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from collections.abc import Iterable, Mapping
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
 from typing import TYPE_CHECKING
 
 from vmm.errors import ConflictError, ValidationError
@@ -175,3 +175,24 @@ def overlaps_routes(
 ) -> bool:
     """Whether ``subnet`` overlaps any host route other than the default and ``own_dev``'s."""
     return bool(overlapping_routes(subnet, routes, own_dev=own_dev))
+
+
+def overlapping_addresses(
+    subnet: str | IPv4Network,
+    addresses: Mapping[str, Iterable[IPv4Interface]],
+    *,
+    own_dev: str | None = None,
+) -> list[tuple[str, IPv4Interface]]:
+    """``(device, address)`` pairs on other devices whose network overlaps ``subnet``.
+
+    Catches what the route check misses: an address on a device that is down has no route yet,
+    but gets one (and a conflict) as soon as the device comes up.
+    """
+    net = parse_subnet(subnet)
+    return [
+        (dev, addr)
+        for dev, addrs in addresses.items()
+        if dev != own_dev
+        for addr in addrs
+        if addr.network.overlaps(net) and not addr.ip.is_loopback
+    ]

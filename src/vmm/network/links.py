@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import logging
 import re
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from vmm.errors import CommandError, ConflictError, NotFoundError, ValidationError
-from vmm.network.ipam import mac_for, overlapping_routes, parse_address, validate_network
+from vmm.network.ipam import (
+    mac_for,
+    overlapping_addresses,
+    overlapping_routes,
+    parse_address,
+    validate_network,
+)
 from vmm.network.iproute import Link, Route, parse_addresses, parse_links, parse_routes
 from vmm.runner import Runner
 
@@ -78,10 +84,9 @@ def list_routes(runner: Runner) -> list[Route]:
     return parse_routes(runner.run(["ip", "-j", "-4", "route", "show"]).stdout)
 
 
-def list_addresses(runner: Runner, name: str) -> list[IPv4Interface]:
-    """IPv4 addresses configured on device ``name``."""
-    out = runner.run(["ip", "-j", "-4", "addr", "show", "dev", name]).stdout
-    return parse_addresses(out).get(name, [])
+def list_addresses(runner: Runner) -> dict[str, list[IPv4Interface]]:
+    """IPv4 addresses of every device, by device name."""
+    return parse_addresses(runner.run(["ip", "-j", "-4", "addr", "show"]).stdout)
 
 
 # -- the bridge ----------------------------------------------------------------------------------
@@ -107,7 +112,8 @@ def ensure_bridge(runner: Runner, name: str, gateway: IPv4Address | str, prefixl
             f"{name} exists but is not a bridge ({link.kind or 'plain device'})",
             hint=f"remove it (ip link del {name}) or configure another bridge_name",
         )
-    addresses = list_addresses(runner, name) if link is not None else []
+    all_addresses = list_addresses(runner)
+    addresses = all_addresses.get(name, []) if link is not None else []
     if iface not in addresses:
         if addresses:
             found = ", ".join(str(a) for a in addresses)
@@ -116,13 +122,7 @@ def ensure_bridge(runner: Runner, name: str, gateway: IPv4Address | str, prefixl
                 hint=f"the subnet changed: stop all VMs, then delete the bridge "
                 f"(ip link del {name}); vmm recreates it with the new address",
             )
-        conflicts = overlapping_routes(iface.network, list_routes(runner), own_dev=name)
-        if conflicts:
-            raise ConflictError(
-                f"subnet {iface.network} overlaps the host route {conflicts[0]}",
-                details="\n".join(str(r) for r in conflicts),
-                hint="configure another subnet and gateway for vmm",
-            )
+        _refuse_overlaps(runner, iface.network, all_addresses, own_dev=name)
         if link is None:
             log.info("creating bridge %s", name)
             mac = mac_for(gw).lower()
@@ -131,6 +131,27 @@ def ensure_bridge(runner: Runner, name: str, gateway: IPv4Address | str, prefixl
         runner.run(["ip", "addr", "add", str(iface), "dev", name])
     if link is None or not link.is_up:
         runner.run(["ip", "link", "set", "dev", name, "up"])
+
+
+def _refuse_overlaps(
+    runner: Runner,
+    net: IPv4Network,
+    addresses: dict[str, list[IPv4Interface]],
+    *,
+    own_dev: str,
+) -> None:
+    hint = "configure another subnet and gateway for vmm"
+    routes = overlapping_routes(net, list_routes(runner), own_dev=own_dev)
+    if routes:
+        raise ConflictError(
+            f"subnet {net} overlaps the host route {routes[0]}",
+            details="\n".join(str(r) for r in routes),
+            hint=hint,
+        )
+    taken = overlapping_addresses(net, addresses, own_dev=own_dev)
+    if taken:
+        dev, addr = taken[0]
+        raise ConflictError(f"subnet {net} overlaps the address {addr} of {dev}", hint=hint)
 
 
 def delete_bridge(runner: Runner, name: str) -> bool:
@@ -154,12 +175,17 @@ def ensure_tap(
     *,
     user: int | None = None,
     group: int | None = None,
+    hairpin: bool = False,
 ) -> None:
     """(Re)create TAP ``name``, attach it to ``bridge`` and bring it up.
 
     An existing TAP of that name is deleted first: it may still carry state from a VM that
     died, and a fresh device is the only state we can trust. ``user``/``group`` let an
     unprivileged hypervisor open it (Firecracker otherwise fails with TapOpen EPERM).
+    ``hairpin`` lets frames leave by the port they came in on: without it a guest cannot
+    reach its own port forward through the host's address (the DNAT'd packet has to go back
+    to the same TAP). Off by default: the guest then also sees its own broadcasts, which
+    upsets IPv6 duplicate address detection.
     """
     validate_tap_name(name)
     validate_ifname(bridge, "bridge")
@@ -187,6 +213,8 @@ def ensure_tap(
     runner.run(argv)
     try:
         runner.run(["ip", "link", "set", "dev", name, "master", bridge, "up"])
+        if hairpin:
+            runner.run(["ip", "link", "set", "dev", name, "type", "bridge_slave", "hairpin", "on"])
     except BaseException:
         _delete_link(runner, name, quiet=True)
         raise

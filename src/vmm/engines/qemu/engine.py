@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -21,8 +22,9 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vmm.engines.base import BootSpec, RunPaths, StopResult
+from vmm.engines.base import BootSpec, Engine, RunPaths, StopResult
 from vmm.engines.qemu.accel import host_tsc_khz, resolve_accel
 from vmm.engines.qemu.argv import build_argv
 from vmm.engines.qemu.qmp import QmpClient, qmp_execute
@@ -248,7 +250,7 @@ class QemuEngine:
                 raise EngineError(
                     f"QEMU exited during start ({_describe_exit(returncode)})"
                     + (f": {last}" if last else ""),
-                    details=f"command: {' '.join(argv)}\n{out}".rstrip(),
+                    details=f"command: {shlex.join(argv)}\n{out}".rstrip(),
                 )
             if start_time is None:
                 start_time = start_time_of(proc.pid)
@@ -348,3 +350,7 @@ class QemuEngine:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+if TYPE_CHECKING:
+    _conforms: Engine = QemuEngine()

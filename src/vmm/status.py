@@ -1,0 +1,35 @@
+"""What a VM looks like right now: its record plus what the host shows (cheap, read-only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vmm.host.liveness import ProcessRef, is_alive
+from vmm.models import VM, VMState
+
+
+@dataclass
+class VMView:
+    """A record together with what the host shows about it right now."""
+
+    vm: VM
+    alive: bool
+
+    @classmethod
+    def of(cls, vm: VM) -> VMView:
+        return cls(vm, is_alive(process_ref(vm)))
+
+    @property
+    def state(self) -> str:
+        recorded = self.vm.state
+        if self.alive:
+            return VMState.RUNNING.value if recorded == VMState.STARTING.value else recorded
+        if recorded in (VMState.RUNNING.value, VMState.STOPPING.value, VMState.STARTING.value):
+            return VMState.STOPPED.value  # the process is gone: the guest shut down or died
+        return recorded
+
+
+def process_ref(vm: VM) -> ProcessRef | None:
+    if vm.pid is None or vm.pid_start_time is None:
+        return None
+    return ProcessRef(vm.pid, vm.pid_start_time)

@@ -49,7 +49,7 @@ def spec_path() -> Path:
     return Path(override) if override else DEFAULT_SPEC_PATH
 
 
-class _Yaml12Loader(yaml.SafeLoader):
+class _Yaml12Loader(yaml.SafeLoader):  # type: ignore[misc]  # (no PyYAML stubs)
     """SafeLoader without YAML 1.1's ``yes/no/on/off`` booleans: the Logger level enum has a
     value ``Off`` that PyYAML would otherwise turn into ``False``."""
 
@@ -93,7 +93,7 @@ def _walk_objects(node: Any) -> Iterator[dict[str, Any]]:
 
 def json_schema_definitions(spec: dict[str, Any], *, nullable_optionals: bool) -> dict[str, Any]:
     """The spec's ``definitions`` as draft-7 JSON Schema, closed like ``deny_unknown_fields``."""
-    definitions = copy.deepcopy(spec["definitions"])
+    definitions: dict[str, Any] = copy.deepcopy(spec["definitions"])
     for node in list(_walk_objects(definitions)):
         props = node.get("properties")
         if node.get("type") == "object" and isinstance(props, dict):

@@ -7,6 +7,7 @@ process whose command line names that directory is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -115,10 +116,8 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
 def hard_kill(ref: ProcessRef) -> None:
     """Kill behind the engine's back, as a crash or an OOM kill would."""
     os.kill(ref.pid, signal.SIGKILL)
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(ref.pid, 0)
-    except ChildProcessError:
-        pass
     assert wait_for(lambda: not is_alive(ref))
 
 

@@ -94,7 +94,7 @@ def all_requests() -> Iterator[tuple[str, ApiRequest]]:
         for i, req in enumerate(bodies.boot_requests(spec)):
             yield f"{name}-{i}-{req.method}{req.path}", req
     for level in ("Error", "Warning", "Info", "Debug", "Trace", "Off"):
-        yield f"logger-{level}", bodies.logger_request(VM / "fc.log", level=level)  # type: ignore[arg-type]
+        yield f"logger-{level}", bodies.logger_request(VM / "fc.log", level=level)
     yield (
         "logger-plain",
         ApiRequest(

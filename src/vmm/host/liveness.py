@@ -7,6 +7,7 @@ reused), and a zombie counts as gone. Reading /proc/<pid>/stat needs no privileg
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +44,16 @@ def is_alive(ref: ProcessRef | None) -> bool:
     fields = _stat_fields(ref.pid)
     if fields is None or len(fields) < 20:
         return False
-    if fields[0] in ("Z", "X"):
+    if int(fields[19]) != ref.start_time:
         return False
-    return int(fields[19]) == ref.start_time
+    if fields[0] in ("Z", "X"):
+        # A zombie leader whose other threads still run (QEMU, Firecracker just after a
+        # signal) still holds the TAP and the sockets: gone only when every thread is.
+        try:
+            return len(os.listdir(f"/proc/{ref.pid}/task")) > 1
+        except OSError:
+            return False
+    return True
 
 
 def ref_for(pid: int) -> ProcessRef:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median_ms, python_bin, time_cmd, vmm_bin  # noqa: E402
+from common import machine, median_ms, python_bin, time_cmd, vmm_bin
 
 
 def main() -> None:

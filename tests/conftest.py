@@ -29,11 +29,16 @@ FC_SPEC = SHARED / "firecracker" / "v1.11.0" / "firecracker.yaml"
 def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     outcome = yield
     report = outcome.get_result()
-    if os.environ.get("VMM_TEST_STRICT") == "1" and report.skipped and call.when in ("setup", "call"):
-        if not item.get_closest_marker("allow_skip"):
-            report.outcome = "failed"
-            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-            report.longrepr = f"skipped in strict mode (VMM_TEST_STRICT=1): {reason}"
+    strict = os.environ.get("VMM_TEST_STRICT") == "1"
+    if (
+        strict
+        and report.skipped
+        and call.when in ("setup", "call")
+        and not item.get_closest_marker("allow_skip")
+    ):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.longrepr = f"skipped in strict mode (VMM_TEST_STRICT=1): {reason}"
 
 
 def pytest_configure(config: pytest.Config) -> None:

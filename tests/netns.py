@@ -264,10 +264,10 @@ class NetNS:
         result = pickle.loads(b"".join(chunks))
         if result[0] == "ok":
             return result[1]  # type: ignore[no-any-return]
-        exc = result[1]
+        error: BaseException = result[1]
         if result[2]:
-            exc.add_note(f"in namespace {self.name}:\n{result[2]}")
-        raise exc
+            error.add_note(f"in namespace {self.name}:\n{result[2]}")
+        raise error
 
     # -- topology helpers --------------------------------------------------------------------
 

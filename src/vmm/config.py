@@ -10,6 +10,7 @@ A file that is not valid JSON, has an unknown key or a wrong type is an error na
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -289,7 +290,7 @@ def load_config(path: Path | None = None) -> Config:
         except json.JSONDecodeError as exc:
             raise ConfigError(
                 f"config {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                hint=f"fix the file, or move it away and run 'vmm config init'",
+                hint="fix the file, or move it away and run 'vmm config init'",
             ) from None
         _parse(raw, path, cfg)
     if "host_interface" not in cfg.sources:
@@ -325,8 +326,6 @@ def write_default_config(path: Path, *, force: bool = False) -> Config:
     ids = invoking_user_ids()
     if ids:
         for p in (path, path.parent, path.parent.parent):
-            try:
+            with contextlib.suppress(OSError):
                 os.chown(p, *ids)
-            except OSError:
-                pass
     return cfg

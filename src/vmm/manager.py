@@ -27,7 +27,6 @@ from vmm.guest import customize, ext4
 from vmm.guest.images import ImageRegistry
 from vmm.guest.kernels import KernelRegistry
 from vmm.host.process import ProcessRef, is_alive, log_tail
-from vmm.status import VMView, process_ref
 from vmm.models import (
     VM,
     VMState,
@@ -39,6 +38,7 @@ from vmm.models import (
     validate_name,
 )
 from vmm.runner import Runner
+from vmm.status import VMView, process_ref
 from vmm.store import Store
 
 if TYPE_CHECKING:

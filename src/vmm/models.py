@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from vmm.errors import RecordError, ValidationError
@@ -24,7 +24,7 @@ MAX_CPUS = 32  # Firecracker's vcpu_count limit
 MIN_DISK_MB = 64
 
 
-class VMState(str, Enum):
+class VMState(StrEnum):
     CREATED = "created"
     STARTING = "starting"
     RUNNING = "running"

@@ -199,7 +199,6 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         from vmm.errors import VmmError
 
         raise VmmError("ssh is not installed", hint="apt-get install openssh-client") from None
-    return 0  # not reached
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

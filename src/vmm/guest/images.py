@@ -6,6 +6,7 @@ OCI, tarballs, debootstrap) build on ``register``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -52,10 +53,8 @@ class ImageRegistry:
                 "(see 'vmm image list')",
             )
         meta: dict[str, Any] = {}
-        try:
+        with contextlib.suppress(OSError, ValueError):
             meta = json.loads((self.dir / f"{name}.json").read_text())
-        except (OSError, ValueError):
-            pass
         return Image(name, path, meta)
 
     def list(self) -> list[Image]:

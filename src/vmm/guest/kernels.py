@@ -7,6 +7,7 @@ to boot: ELF magic, 64-bit class, the host's machine type, and ET_EXEC.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -109,10 +110,8 @@ class KernelRegistry:
             )
         initrd = self.dir / f"{name}.initrd"
         meta: dict[str, Any] = {}
-        try:
+        with contextlib.suppress(OSError, ValueError):
             meta = json.loads(self._meta_path(name).read_text())
-        except (OSError, ValueError):
-            pass
         return Kernel(name, path, initrd if initrd.is_file() else None, meta)
 
     def list(self) -> list[Kernel]:

@@ -7,6 +7,7 @@ same start time we recorded (pids get reused), and a zombie counts as gone. Read
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -63,19 +64,15 @@ def wait_gone(ref: ProcessRef, timeout: float, *, poll: float = 0.05) -> bool:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _signal(ref: ProcessRef, sig: int) -> None:
     if not is_alive(ref):
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(ref.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def stop_escalating(

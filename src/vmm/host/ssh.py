@@ -7,6 +7,7 @@ the user's own: addresses are reused by later VMs, and a reused address must not
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -44,10 +45,8 @@ def ensure_known_hosts(path: Path) -> None:
     ids = invoking_user_ids()
     if ids:
         for p in created:
-            try:
+            with contextlib.suppress(OSError):
                 os.chown(p, *ids)
-            except OSError:
-                pass
 
 
 def ssh_argv(

@@ -45,11 +45,21 @@ TAP = "vmm-abcd1234"
 SPEC = FirewallSpec(BRIDGE, NET)
 
 
+def main_namespace_state() -> tuple[list[str], str]:
+    """Read-only look at the main namespace: vmm-ish devices and nft tables."""
+    shown = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True).stdout)
+    names = sorted(i["ifname"] for i in shown if i["ifname"].startswith(("vmm", "uplink", "wan")))
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    return names, tables
+
+
 @pytest.fixture(autouse=True)
-def no_leftover_namespaces() -> Iterator[None]:
-    before = set(list_test_namespaces())
+def no_leftovers() -> Iterator[None]:
+    """Afterwards: no test namespace left, and nothing leaked into the main namespace."""
+    namespaces, main = set(list_test_namespaces()), main_namespace_state()
     yield
-    assert set(list_test_namespaces()) <= before, "a test left a namespace behind"
+    assert set(list_test_namespaces()) <= namespaces, "a test left a namespace behind"
+    assert main_namespace_state() == main, "the main namespace changed"
 
 
 def in_ns(ns: NetNS, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -96,7 +96,8 @@ def ensure_bridge(runner: Runner, name: str, gateway: IPv4Address | str, prefixl
     """Make bridge ``name`` exist, carry ``gateway/prefixlen`` and be up. Idempotent.
 
     Before the address (and so the subnet's route) is added, the subnet is checked against the
-    host's routes on other devices: an overlap would silently take traffic from a LAN or VPN.
+    host's routes and the addresses of other devices (a device that is down has no route yet):
+    an overlap would silently take traffic from a LAN or VPN. An existing bridge keeps its MAC.
     The bridge gets a fixed MAC (``mac_for(gateway)``): a bridge without one takes the lowest
     MAC of its ports, so the gateway's MAC would change whenever a TAP comes or goes, and the
     guests would lose the gateway until their ARP entries expire.

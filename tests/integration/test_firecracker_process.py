@@ -156,7 +156,7 @@ def test_launch_configures_boots_and_stops_gracefully(env: Env) -> None:
             (d["drive_id"], d["is_root_device"], d["is_read_only"], d["cache_type"])
             for d in config["drives"]
         ]
-        assert drives == [("rootfs", True, False, "Unsafe"), ("data_1", False, False, "Writeback")]
+        assert drives == [("rootfs", True, False, "Writeback"), ("data_1", False, False, "Writeback")]
         assert [
             (n["iface_id"], n["host_dev_name"], n["guest_mac"])
             for n in config["network-interfaces"]

@@ -265,6 +265,7 @@ def test_bodies_match_the_documented_examples() -> None:
         "path_on_host": "/abs/rootfs.ext4",
         "is_root_device": True,
         "is_read_only": False,
+        "cache_type": "Writeback",
     }
     assert bodies.drive_body(Drive("data_1", Path("/abs/data.ext4"))) == {
         "drive_id": "data_1",

@@ -172,17 +172,17 @@ def boot_source_body(kernel: Path, boot_args: str, initrd: Path | None = None) -
 def drive_body(drive: Drive) -> Json:
     """``PUT /drives/{drive_id}``.
 
-    Data drives get ``cache_type: Writeback``: the default ``Unsafe`` does not advertise
-    VIRTIO_BLK_F_FLUSH, so a guest's fsync would never reach the host disk.
+    Every drive gets ``cache_type: Writeback``: the default ``Unsafe`` does not advertise
+    VIRTIO_BLK_F_FLUSH, so a guest's fsync would never reach the host disk — and the root
+    disk holds the developer's work as much as any data drive does.
     """
     body: Json = {
         "drive_id": validate_resource_id("drive_id", drive.drive_id),
         "path_on_host": _absolute(f"drive {drive.drive_id}", drive.path),
         "is_root_device": drive.root,
         "is_read_only": drive.read_only,
+        "cache_type": "Writeback",
     }
-    if not drive.root:
-        body["cache_type"] = "Writeback"
     return body
 
 

@@ -260,13 +260,16 @@ EOF
     # .network file vmm writes per VM (none baked in: the kernel's ip= works alone).
     chroot "$root" systemctl enable serial-getty@ttyS0.service systemd-networkd.service >&2
 
-    # Things that only slow a short-lived guest down under TCG, or could prompt on
-    # the console (firstboot with an empty machine-id). Masked, so that presets
-    # cannot bring them back.
-    for unit in getty@tty1.service systemd-firstboot.service \
+    # Things that only cost CPU in a short-lived guest under TCG (one emulated CPU:
+    # everything in parallel competes for it), or could prompt on the console
+    # (firstboot with an empty machine-id). Masked, so that presets cannot bring
+    # them back. The kernel has no modules, so modprobe@/modules-load do nothing;
+    # getty-static starts gettys on tty2-6 because there is no logind.
+    for unit in getty@tty1.service getty-static.service systemd-firstboot.service \
         apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
-        e2scrub_all.timer e2scrub_reap.service fstrim.timer \
-        systemd-pstore.service; do
+        e2scrub_all.timer e2scrub_reap.service fstrim.timer systemd-pstore.service \
+        modprobe@.service systemd-modules-load.service \
+        sys-kernel-debug.mount sys-kernel-tracing.mount dev-hugepages.mount; do
         chroot "$root" systemctl disable --quiet "$unit" 2>/dev/null || true
         chroot "$root" systemctl mask --quiet "$unit" >&2
     done

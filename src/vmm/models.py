@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs read-only commands ~2 ms; mypy still sees the imports
+if TYPE_CHECKING:
+    from typing import Any
 
 from vmm.errors import RecordError, ValidationError
 

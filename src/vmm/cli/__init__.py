@@ -10,8 +10,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from vmm.cli.parser import build_parser
 from vmm.errors import VmmError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _print_error(exc: VmmError) -> None:
@@ -23,10 +26,35 @@ def _print_error(exc: VmmError) -> None:
         print(f"hint: {exc.hint}", file=sys.stderr)
 
 
+_LIST_FLAGS = {"-a": "all", "--all": "all", "--json": "json"}
+
+
+def _fast_list_args(argv: list[str]) -> Namespace | None:
+    """``vmm list [-a] [--json]`` without argparse: the most frequent command, run by scripts
+    and prompts, pays no parser set-up. Anything else goes through the full parser."""
+    if not argv or argv[0] not in ("list", "ls") or any(a not in _LIST_FLAGS for a in argv[1:]):
+        return None
+    from vmm.cli.commands import cmd_list
+
+    flags = {_LIST_FLAGS[a] for a in argv[1:]}
+    return Namespace(handler=cmd_list, all="all" in flags, json="json" in flags, debug=False)
+
+
+class Namespace:
+    """The subset of argparse.Namespace the fast path needs."""
+
+    def __init__(self, **kwargs: object):
+        self.__dict__.update(kwargs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args: Any = _fast_list_args(argv)
+    if args is None:
+        from vmm.cli.parser import build_parser
+
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     if debug:  # logging is imported only when asked for: it costs read-only commands ~5 ms
         import logging
@@ -34,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
     handler = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help(sys.stderr)
+        from vmm.cli.parser import build_parser
+
+        build_parser().print_help(sys.stderr)
         return 2
     try:
         rc = handler(args)

@@ -17,11 +17,11 @@ import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmm.errors import ConfigError
+
 TYPE_CHECKING = False  # typing costs read-only commands ~2 ms; mypy still sees the imports
 if TYPE_CHECKING:
     from typing import Any
-
-from vmm.errors import ConfigError
 
 DEFAULT_DATA_DIR = "/var/lib/vmm"
 DEFAULT_BRIDGE = "vmm-br0"

@@ -10,11 +10,11 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 
+from vmm.errors import RecordError, ValidationError
+
 TYPE_CHECKING = False  # typing costs read-only commands ~2 ms; mypy still sees the imports
 if TYPE_CHECKING:
     from typing import Any
-
-from vmm.errors import RecordError, ValidationError
 
 SCHEMA_VERSION = 1
 

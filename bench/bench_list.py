@@ -31,6 +31,8 @@ def main() -> None:
                           pid=1, pid_start_time=1, engine="qemu", mac="06:00:AC:10:00:02", tap=f"vmm-{i:08x}",
                           dns_servers=["8.8.8.8"], created_at="2026-01-01T00:00:00+00:00"))
         env = dict(os.environ, VMM_DATA_DIR=str(store.root), VMM_CONFIG=str(Path(tmp) / "none.json"))
+        # As installed packages run: with cached bytecode (pip compiles it at install time).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         bare = time_cmd([python_bin(), "-c", "pass"], runs=args.runs, env=env)
         listed = time_cmd([vmm_bin(), "list", "-a"], runs=args.runs, env=env)
         as_json = time_cmd([vmm_bin(), "list", "-a", "--json"], runs=args.runs, env=env)

@@ -14,10 +14,10 @@ import contextlib
 import json
 import os
 import pwd
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmm.errors import ConfigError
+from vmm.record import Record, field
 
 TYPE_CHECKING = False  # typing costs read-only commands ~2 ms; mypy still sees the imports
 if TYPE_CHECKING:
@@ -96,8 +96,7 @@ def detect_host_interface(route_file: Path = Path("/proc/net/route")) -> str:
     return best[1] if best else "eth0"
 
 
-@dataclass
-class VMDefaults:
+class VMDefaults(Record):
     cpus: int = 1
     memory_mb: int = 512
     disk_size_mb: int = 1024
@@ -107,8 +106,7 @@ class VMDefaults:
     dns_servers: list[str] = field(default_factory=lambda: list(DEFAULT_DNS))
 
 
-@dataclass
-class Config:
+class Config(Record):
     data_dir: str = DEFAULT_DATA_DIR
     bridge_name: str = DEFAULT_BRIDGE
     subnet: str = DEFAULT_SUBNET

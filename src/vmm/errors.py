@@ -18,7 +18,6 @@ Every error a user can meet is a ``VmmError``: the CLI catches only this root, p
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 
 
@@ -100,6 +99,8 @@ class CommandError(VmmError):
         brief: str | None = None,
         hint: str | None = None,
     ):
+        import shlex  # only when a command failed: keeps read-only commands lean
+
         cmd = shlex.join(argv)
         if returncode is None:
             default = f"command timed out: {cmd}"

@@ -7,10 +7,10 @@ A record is decoded strictly at the boundary: unknown keys, missing keys and wro
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 
 from vmm.errors import RecordError, ValidationError
+from vmm.record import Record, field
 
 TYPE_CHECKING = False  # typing costs read-only commands ~2 ms; mypy still sees the imports
 if TYPE_CHECKING:
@@ -89,16 +89,14 @@ def new_vm_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
-@dataclass
-class Mount:
+class Mount(Record):
     host_path: str
     tag: str
     read_only: bool = False
     image_path: str | None = None
 
 
-@dataclass
-class VM:
+class VM(Record):
     name: str
     id: str
     state: str = VMState.CREATED.value
@@ -128,9 +126,6 @@ class VM:
     last_error: str | None = None
     schema_version: int = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, raw: Any, source: str) -> VM:
         if not isinstance(raw, dict):
@@ -144,7 +139,7 @@ class VM:
                 f"{SCHEMA_VERSION}",
                 hint="upgrade vmm",
             )
-        known = {f.name: f for f in fields(cls)}
+        known = set(cls.fields())
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise RecordError(f"VM record {source}: unknown field $.{unknown[0]}")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vmm.host.liveness import ProcessRef, is_alive
 from vmm.models import VM, VMState
+from vmm.record import Record
 
 
-@dataclass
-class VMView:
+class VMView(Record):
     """A record together with what the host shows about it right now."""
 
     vm: VM

@@ -20,17 +20,16 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from vmm.errors import NotFoundError, PermissionDenied, RecordError
 from vmm.models import VM
+from vmm.record import FrozenRecord, Record
 
 UNIX_PATH_MAX = 107
 
 
-@dataclass(frozen=True)
-class RunPaths:
+class RunPaths(FrozenRecord):
     """Per-VM files an engine uses at run time."""
 
     vm_dir: Path
@@ -40,8 +39,7 @@ class RunPaths:
     engine_log: Path
 
 
-@dataclass
-class RecordProblem:
+class RecordProblem(Record):
     name: str
     error: str
 

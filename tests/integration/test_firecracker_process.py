@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -382,6 +382,6 @@ def test_binary_from_path_and_its_version(env: Env, monkeypatch: pytest.MonkeyPa
 
 def test_socket_path_too_long_is_refused(env: Env) -> None:
     long_vm = env.dir / ("v" * 110)
-    spec = make_spec(env.dir, paths=replace(run_paths(env.dir), api_socket=long_vm / "api.sock"))
+    spec = make_spec(env.dir, paths=run_paths(env.dir).replace(api_socket=long_vm / "api.sock"))
     with pytest.raises(ValidationError, match="too long for a Unix socket"):
         env.engine().launch(spec)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 from collections.abc import Callable
 
@@ -30,6 +29,8 @@ def help_of(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], i
 
 def require_root() -> None:
     if os.geteuid() != 0:
+        import shlex
+
         cmd = shlex.join(["vmm", *sys.argv[1:]])
         raise PermissionDenied(f"requires root: try sudo {cmd}")
 

@@ -8,14 +8,13 @@ reused), and a zombie counts as gone. Reading /proc/<pid>/stat needs no privileg
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from vmm.errors import EngineError
+from vmm.record import FrozenRecord
 
 
-@dataclass(frozen=True)
-class ProcessRef:
+class ProcessRef(FrozenRecord):
     pid: int
     start_time: int  # field 22 of /proc/<pid>/stat, in clock ticks since boot
 

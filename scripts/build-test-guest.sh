@@ -90,12 +90,25 @@ fi
 
 # One builder at a time per cache dir; a concurrent caller waits and then reuses.
 exec 9>"$CACHE_DIR/.lock"
-log "waiting for the cache lock $CACHE_DIR/.lock"
-flock 9
+if ! flock -n 9; then
+    log "another build holds $CACHE_DIR/.lock; waiting"
+    flock 9
+fi
 if entry_complete "$OUT_DIR"; then
     printf '%s\n' "$OUT_DIR"
     exit 0
 fi
+
+# remove_tree DIR: rm -rf, after unmounting whatever an interrupted debootstrap
+# left mounted below DIR (proc, sys, ...).
+remove_tree() {
+    local d=$1 m
+    [[ -n $d && -e $d ]] || return 0
+    while read -r m; do
+        if [[ $m == "$d"/* ]]; then umount -l "$m" 2>/dev/null || true; fi
+    done < <(findmnt -rn -o TARGET | sort -r)
+    rm -rf --one-file-system -- "$d"
+}
 
 TMP_DIRS=()
 cleanup() {
@@ -105,7 +118,7 @@ cleanup() {
         return 0
     fi
     for d in "${TMP_DIRS[@]}"; do
-        [[ -n $d && -d $d ]] && rm -rf --one-file-system -- "$d"
+        remove_tree "$d" || true
     done
     return 0
 }
@@ -114,7 +127,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # Leftovers of interrupted runs (we hold the lock, so nobody else is building).
-rm -rf --one-file-system -- "$CACHE_DIR"/.tmp.* 2>/dev/null || true
+for d in "$CACHE_DIR"/.tmp.*; do remove_tree "$d" || true; done
 
 # new_tmp_dir NAME: sets TMP_DIR (not a $(...) call: the subshell would lose TMP_DIRS).
 new_tmp_dir() {
@@ -194,7 +207,7 @@ kernel_build() {
     cp "$src/.config" "$out/kernel.config"
     make -s -C "$src" kernelrelease >"$out/kernelrelease"
     log "kernel: built $(cat "$out/kernelrelease") in $((SECONDS - start)) s"
-    rm -rf --one-file-system -- "$src"
+    remove_tree "$src"
 }
 
 # ---------------------------------------------------------------- rootfs
@@ -301,7 +314,7 @@ rootfs_build() {
     run_logged "$work/mkfs.log" mkfs.ext4 -F -q -L "$ROOTFS_LABEL" -d "$root" "$out/rootfs.ext4"
     mv "$root.packages.txt" "$out/packages.txt"
     log "rootfs: built in $((SECONDS - start)) s"
-    rm -rf --one-file-system -- "$root"
+    remove_tree "$root"
 }
 
 # ---------------------------------------------------------------- parts
@@ -331,7 +344,7 @@ build_part() {
     tmp=$TMP_DIR
     "${name}_build" "$tmp/out"
     touch "$tmp/out/.complete"
-    rm -rf --one-file-system -- "$dest"
+    remove_tree "$dest"
     mv -T "$tmp/out" "$dest"
 }
 
@@ -357,7 +370,7 @@ rootfs_label=$ROOTFS_LABEL
 built=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 EOF
 touch "$STAGE/.complete"
-rm -rf --one-file-system -- "$OUT_DIR"
+remove_tree "$OUT_DIR"
 mv -T "$STAGE" "$OUT_DIR"
 log "done in $((SECONDS - START)) s"
 printf '%s\n' "$OUT_DIR"

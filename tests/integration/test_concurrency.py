@@ -1,0 +1,45 @@
+"""Parallel `vmm create`: the global lock hands out every name and address exactly once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from tests.conftest import VmmEnv
+from tests.unit.test_kernels import fake_elf
+
+pytestmark = pytest.mark.integration
+
+
+def test_parallel_creates_get_distinct_addresses(vmm_env: VmmEnv, tmp_path: Path) -> None:
+    vmm_env.write_config(engine="qemu", accel="tcg")
+    img = tmp_path / "root.ext4"
+    with img.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+    vmm_env.run("kernel", "import", str(fake_elf(tmp_path / "vmlinux")), "--name", "default", check=True)
+    vmm_env.run("image", "import", str(img), "--name", "default", check=True)
+
+    def create(i: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "vmm", "create", f"p{i}"], env=vmm_env.env(),
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(create, range(20)))
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
+    # and the same name twice at once: exactly one wins
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        dupes = list(pool.map(lambda _: create(99), range(4)))
+    assert sorted(r.returncode for r in dupes) == [0, 1, 1, 1]
+
+    listed = json.loads(vmm_env.run("list", "-a", "--json", check=True).stdout)
+    assert listed["errors"] == []
+    vms = listed["vms"]
+    assert len(vms) == 21
+    assert len({v["ip"] for v in vms}) == 21 and len({v["id"] for v in vms}) == 21
+    assert len({v["tap"] for v in vms}) == 21
+    assert {v["ip"] for v in vms} == {f"172.16.0.{i}" for i in range(2, 23)}  # lowest free first

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import VmmEnv
+from tests.netns import NetNS
 from tests.unit.test_kernels import fake_elf
 
 pytestmark = pytest.mark.integration
@@ -43,3 +44,18 @@ def test_parallel_creates_get_distinct_addresses(vmm_env: VmmEnv, tmp_path: Path
     assert len({v["ip"] for v in vms}) == 21 and len({v["id"] for v in vms}) == 21
     assert len({v["tap"] for v in vms}) == 21
     assert {v["ip"] for v in vms} == {f"172.16.0.{i}" for i in range(2, 23)}  # lowest free first
+
+
+def test_delete_frees_the_address(vmm_env: VmmEnv, tmp_path: Path, netns: NetNS) -> None:
+    vmm_env.write_config(engine="qemu", accel="tcg")
+    img = tmp_path / "root.ext4"
+    with img.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+    vmm_env.run("kernel", "import", str(fake_elf(tmp_path / "vmlinux")), "--name", "default", check=True)
+    vmm_env.run("image", "import", str(img), "--name", "default", check=True)
+    for name in ("a", "b", "c"):
+        vmm_env.run("create", name, check=True)
+    vmm_env.run("delete", "a", ns=netns, check=True)
+    assert "172.16.0.2" in vmm_env.run("create", "d", check=True).stdout
+    assert "172.16.0.5" in vmm_env.run("create", "e", check=True).stdout

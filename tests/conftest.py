@@ -100,3 +100,22 @@ def vmm_env() -> Iterator[VmmEnv]:
         yield env
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def make_ext4(path: Path, size_mb: int = 64, tree: Path | None = None) -> Path:
+    """A real ext4 image (sparse), optionally filled from ``tree``."""
+    with path.open("wb") as f:
+        f.truncate(size_mb * 1024 * 1024)
+    argv = ["mkfs.ext4", "-q", "-F", str(path)]
+    if tree is not None:
+        argv[3:3] = ["-d", str(tree)]
+    subprocess.run(argv, check=True)
+    return path
+
+
+def register_artifacts(env: VmmEnv, tmp: Path, *, image_mb: int = 64) -> None:
+    """Import a fake ELF kernel and a small real ext4 image as ``default`` (no guest boots)."""
+    from tests.unit.test_kernels import fake_elf
+
+    env.run("kernel", "import", str(fake_elf(tmp / "vmlinux")), "--name", "default", check=True)
+    env.run("image", "import", str(make_ext4(tmp / "root.ext4", image_mb)), "--name", "default", check=True)

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.conftest import VmmEnv
+from tests.conftest import VmmEnv, register_artifacts
 from tests.netns import NetNS
 from tests.unit.test_kernels import fake_elf
 
@@ -33,16 +33,10 @@ def ready(vmm_env: VmmEnv, tmp_path: Path) -> VmmEnv:
     if os.geteuid() != 0:
         pytest.skip("needs root")
     vmm_env.write_config(engine="qemu", accel="tcg")
-    kernel = fake_elf(tmp_path / "vmlinux")
-    img = tmp_path / "root.ext4"
-    with img.open("wb") as f:
-        f.truncate(128 * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+    register_artifacts(vmm_env, tmp_path, image_mb=128)
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True
     )
-    vmm_env.run("kernel", "import", str(kernel), "--name", "default", check=True)
-    vmm_env.run("image", "import", str(img), "--name", "default", check=True)
     vmm_env.run("create", "taken", "--ssh-key", str(tmp_path / "key.pub"), check=True)
     (tmp_path / "text").write_text("not a kernel\n")
     return vmm_env

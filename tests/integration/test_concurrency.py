@@ -9,21 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from tests.conftest import VmmEnv
+from tests.conftest import VmmEnv, register_artifacts
 from tests.netns import NetNS
-from tests.unit.test_kernels import fake_elf
 
 pytestmark = pytest.mark.integration
 
 
 def test_parallel_creates_get_distinct_addresses(vmm_env: VmmEnv, tmp_path: Path) -> None:
     vmm_env.write_config(engine="qemu", accel="tcg")
-    img = tmp_path / "root.ext4"
-    with img.open("wb") as f:
-        f.truncate(64 * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
-    vmm_env.run("kernel", "import", str(fake_elf(tmp_path / "vmlinux")), "--name", "default", check=True)
-    vmm_env.run("image", "import", str(img), "--name", "default", check=True)
+    register_artifacts(vmm_env, tmp_path)
 
     def create(i: int) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "vmm", "create", f"p{i}"], env=vmm_env.env(),
@@ -48,12 +42,7 @@ def test_parallel_creates_get_distinct_addresses(vmm_env: VmmEnv, tmp_path: Path
 
 def test_delete_frees_the_address(vmm_env: VmmEnv, tmp_path: Path, netns: NetNS) -> None:
     vmm_env.write_config(engine="qemu", accel="tcg")
-    img = tmp_path / "root.ext4"
-    with img.open("wb") as f:
-        f.truncate(64 * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
-    vmm_env.run("kernel", "import", str(fake_elf(tmp_path / "vmlinux")), "--name", "default", check=True)
-    vmm_env.run("image", "import", str(img), "--name", "default", check=True)
+    register_artifacts(vmm_env, tmp_path)
     for name in ("a", "b", "c"):
         vmm_env.run("create", name, check=True)
     vmm_env.run("delete", "a", ns=netns, check=True)

@@ -122,9 +122,20 @@ cleanup() {
     done
     return 0
 }
+# Long steps run in their own process group (see run_logged), so an interrupt can
+# stop the whole tree (make and its compilers, debootstrap and dpkg) at once.
+CHILD_PGID=
+on_signal() {
+    if [[ -n $CHILD_PGID ]]; then
+        kill -TERM -- "-$CHILD_PGID" 2>/dev/null || true
+        wait "$CHILD_PGID" 2>/dev/null || true
+    fi
+    log "interrupted; no cache entry was written"
+    exit "$1"
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
 
 # Leftovers of interrupted runs (we hold the lock, so nobody else is building).
 for d in "$CACHE_DIR"/.tmp.*; do remove_tree "$d" || true; done
@@ -150,11 +161,17 @@ ensure_packages() {
 }
 
 # Run a long command with its output in a log file; on failure show the tail.
+# Waiting on a background child (rather than running it in the foreground) lets
+# the INT/TERM traps run at once instead of after the child finishes.
 run_logged() {
-    local logfile=$1; shift
-    if ! "$@" >"$logfile" 2>&1; then
+    local logfile=$1 rc=0; shift
+    setsid "$@" </dev/null >"$logfile" 2>&1 &
+    CHILD_PGID=$!
+    wait "$CHILD_PGID" || rc=$?
+    CHILD_PGID=
+    if ((rc != 0)); then
         tail -n 40 "$logfile" >&2
-        die "failed: $* (full log: $logfile; rerun with VMM_KEEP_WORK=1 to keep it)"
+        die "failed (exit $rc): $* (full log: $logfile; rerun with VMM_KEEP_WORK=1 to keep it)"
     fi
 }
 
@@ -231,6 +248,8 @@ rootfs_configure() {
 ::1		localhost ip6-localhost ip6-loopback
 EOF
     rootfs_write "$root" /etc/fstab 0644 <<<"/dev/vda / ext4 defaults 0 1"
+    # minbase has no locales; C.UTF-8 is built into libc (and silences pam_env).
+    rootfs_write "$root" /etc/default/locale 0644 <<<"LANG=C.UTF-8"
     # debootstrap copied the build host's resolver. DNS servers given with the
     # kernel's ip= land in /proc/net/pnp (resolv.conf syntax).
     rm -f "$root/etc/resolv.conf"
@@ -267,11 +286,11 @@ ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -C "" -f /etc/ssh/ssh_host_ed2
 [Install]
 WantedBy=ssh.service
 EOF
-    chroot "$root" systemctl enable vmm-ssh-hostkeys.service ssh.service >&2
+    chroot "$root" systemctl --quiet enable vmm-ssh-hostkeys.service ssh.service >&2
 
     # Console and network: a serial getty on ttyS0; systemd-networkd applies the
     # .network file vmm writes per VM (none baked in: the kernel's ip= works alone).
-    chroot "$root" systemctl enable serial-getty@ttyS0.service systemd-networkd.service >&2
+    chroot "$root" systemctl --quiet enable serial-getty@ttyS0.service systemd-networkd.service >&2
 
     # Things that only cost CPU in a short-lived guest under TCG (one emulated CPU:
     # everything in parallel competes for it), or could prompt on the console
@@ -327,7 +346,7 @@ KERNEL_KEY=$({
     cat "$FC_BASE_CONFIG" "$FC_CI_CONFIG" "$FRAGMENT"
 } | part_key kernel_)
 ROOTFS_KEY=$({
-    printf '%s\n' "$ROOTFS_SUITE" "$ROOTFS_MIRROR" "$ROOTFS_INCLUDE" "$ROOTFS_SIZE" \
+    printf '%s\n' "$ROOTFS_SUITE" "$ROOTFS_INCLUDE" "$ROOTFS_SIZE" \
         "$ROOTFS_LABEL" "$ROOTFS_HOSTNAME"
 } | part_key rootfs_)
 

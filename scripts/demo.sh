@@ -32,7 +32,6 @@ trap cleanup EXIT INT TERM
 
 ip netns add "$NS"
 ip -n "$NS" link set lo up
-in_ns() { ip netns exec "$NS" "$@"; }
 
 ssh-keygen -q -t ed25519 -N "" -f "$WORK/id_ed25519" -C vmm-demo
 # QEMU engine (the Firecracker binary is optional); accel "auto" picks KVM when it can run
@@ -41,13 +40,16 @@ cat > "$VMM_CONFIG" <<JSON
 { "engine": "qemu", "accel": "auto" }
 JSON
 
-run() { printf '\n$ %s\n' "$*"; "$@"; }
-run "$VMM" kernel import "$GUEST/vmlinux" --name default
-run "$VMM" image import "$GUEST/rootfs.ext4" --name default
-run "$VMM" create demo --cpus 1 --memory 512 --disk 2048 --ssh-key "$WORK/id_ed25519.pub"
-run in_ns "$VMM" start demo
-run in_ns "$VMM" list
-run in_ns "$VMM" ssh demo -- 'echo "hello from $(hostname)"; uname -srm; ip -4 -br addr show eth0; df -h / | tail -1'
-run in_ns "$VMM" stop demo
-run in_ns "$VMM" delete demo
+# Each step is shown as the command a user would type; the ones that touch the network run in
+# the demo's namespace.
+step() { printf '\n$ vmm %s\n' "$*"; "$VMM" "$@"; }
+step_ns() { printf '\n$ vmm %s\n' "$*"; ip netns exec "$NS" "$VMM" "$@"; }
+step kernel import "$GUEST/vmlinux" --name default
+step image import "$GUEST/rootfs.ext4" --name default
+step create demo --cpus 1 --memory 512 --disk 2048 --ssh-key "$WORK/id_ed25519.pub"
+step_ns start demo
+step_ns list
+step_ns ssh demo -- 'echo "hello from $(hostname)"; uname -srm; ip -4 -br addr show eth0; df -h / | tail -1'
+step_ns stop demo
+step_ns delete demo
 printf '\nDemo finished: the VM booted, answered over SSH, and was stopped and deleted.\n'

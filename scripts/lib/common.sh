@@ -10,6 +10,18 @@ HOST_PACKAGES=(
   python3-wheel-whl curl wget shellcheck
 )
 
+# Runs a noisy command with its output in a log that is shown only when it fails.
+quietly() {
+  local out
+  out="$(mktemp)"
+  if ! "$@" >"$out" 2>&1; then
+    cat "$out" >&2
+    rm -f "$out"
+    die "failed: $*"
+  fi
+  rm -f "$out"
+}
+
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
@@ -38,12 +50,12 @@ ensure_venv() {
     log "creating the Python environment in $venv"
     rm -rf "$venv"
     /usr/bin/python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip >/dev/null
-    "$venv/bin/pip" install -q -e "$REPO[test]"
+    quietly "$venv/bin/pip" install --upgrade pip
+    quietly "$venv/bin/pip" install -e "$REPO[test]"
     echo "$stamp" > "$venv/.stamp"
   else
     # Cheap: re-links the editable install if the tree moved.
-    "$venv/bin/pip" install -q --no-deps -e "$REPO" >/dev/null
+    quietly "$venv/bin/pip" install --no-deps -e "$REPO"
   fi
 }
 

@@ -68,6 +68,7 @@ def test_full_spec_golden_argv() -> None:
         "tsc_early_khz=2300000 tsc=reliable mitigations=off",
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-device,rng=rng0",
+        "-device", "i8042",
         "-drive",
         "id=drive-rootfs,file=/var/lib/vmm/vms/web/rootfs.ext4,format=raw,if=none,"
         "cache=writeback",
@@ -124,7 +125,7 @@ def test_root_drive_goes_first_whatever_its_position() -> None:
     data = Drive("data", VM / "data.ext4", read_only=True)
     spec = make_spec(drives=(scratch, ROOT, data))
     argv = build_argv(spec, binary="qemu", accel="kvm", tsc_khz=None)
-    assert _values(argv, "-device")[1:4] == [
+    assert _values(argv, "-device")[2:5] == [
         "virtio-blk-device,drive=drive-rootfs",
         "virtio-blk-device,drive=drive-scratch",
         "virtio-blk-device,drive=drive-data",

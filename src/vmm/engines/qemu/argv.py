@@ -189,6 +189,9 @@ def build_argv(spec: BootSpec, *, binary: str, accel: str, tsc_khz: int | None) 
     argv += [
         "-object", f"rng-random,id={RNG_OBJECT},filename=/dev/urandom",
         "-device", f"virtio-rng-device,rng={RNG_OBJECT}",
+        # The keyboard controller Firecracker also emulates: a guest reboot with reboot=k ends
+        # QEMU in ~2.5 s instead of ~4 s (microvm has none by default).
+        "-device", "i8042",
     ]  # fmt: skip
     for drive in drives:
         argv += _drive_args(drive)

@@ -79,3 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # an unexpected file or device problem: say which, no traceback
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print("hint: re-run with --debug for details", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug in vmm: still one line, the traceback behind --debug
+        if debug:
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {exc})", file=sys.stderr)
+        print("hint: re-run with --debug for the traceback, and please report it", file=sys.stderr)
+        return 1

@@ -56,3 +56,18 @@ def test_usage_error_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "hint: see 'vmm create --help'" in err
+
+
+@pytest.mark.parametrize("command", [None, *__import__("vmm.cli.parser", fromlist=["x"]).COMMAND_MODULES])
+def test_every_command_has_help(command: str | None, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"] if command else ["--help"])
+    assert exc.value.code == 0
+    assert "usage: vmm" in capsys.readouterr().out
+
+
+def test_console_script_entry_point() -> None:
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "vmm"]
+    assert ep.load() is cli.main

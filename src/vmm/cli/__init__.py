@@ -34,7 +34,7 @@ def _fast_list_args(argv: list[str]) -> Namespace | None:
     and prompts, pays no parser set-up. Anything else goes through the full parser."""
     if not argv or argv[0] not in ("list", "ls") or any(a not in _LIST_FLAGS for a in argv[1:]):
         return None
-    from vmm.cli.commands import cmd_list
+    from vmm.cli.vms import cmd_list
 
     flags = {_LIST_FLAGS[a] for a in argv[1:]}
     return Namespace(handler=cmd_list, all="all" in flags, json="json" in flags, debug=False)

@@ -1,0 +1,81 @@
+"""Config and version commands."""
+
+from __future__ import annotations
+
+from vmm.cli.common import (
+    help_of,
+    load_config,
+    manager,
+    print_json,
+    table,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+    from vmm.cli.parser import SubParsers
+
+
+def _add_config(sub: SubParsers) -> None:
+    cfg = sub.add_parser("config", help="show or initialise the config file")
+    cfg_sub = cfg.add_subparsers(title="commands", metavar="COMMAND")
+    ci = cfg_sub.add_parser("init", help="write the default config file")
+    ci.add_argument("--force", action="store_true", help="overwrite an existing file")
+    ci.set_defaults(handler=cmd_config_init)
+    cs = cfg_sub.add_parser("show", help="each setting with where it came from")
+    cs.add_argument("--json", action="store_true")
+    cs.set_defaults(handler=cmd_config_show)
+    cfg.set_defaults(handler=help_of(cfg))
+
+
+def _add_version(sub: SubParsers) -> None:
+    v = sub.add_parser("version", help="vmm's version and the engines found")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(handler=cmd_version)
+
+
+def cmd_config_init(args: argparse.Namespace) -> int:
+    from vmm.config import config_path, write_default_config
+
+    path = config_path()
+    cfg = write_default_config(path, force=args.force)
+    print(f"Wrote {path} (host_interface {cfg.host_interface})")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = load_config()
+    rows = cfg.rows()
+    if args.json:
+        print_json({k: {"value": v, "source": s} for k, v, s in rows})
+        return 0
+    suffix = "" if cfg.file_exists else " (not present: all defaults)"
+    print(f"config file: {cfg.path}{suffix}")
+    table(["KEY", "VALUE", "SOURCE"], [[k, v, s] for k, v, s in rows[1:]])
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from vmm import __version__
+
+    m = manager()
+    engines: dict[str, str | None] = {}
+    for name in ("firecracker", "qemu"):
+        try:
+            engines[name] = m.engine(name).version()
+        except Exception:
+            engines[name] = None
+    if args.json:
+        print_json({"vmm": __version__, "engines": engines})
+    else:
+        print(f"vmm {__version__}")
+        for name, ver in engines.items():
+            print(f"{name}: {ver or 'not found'}")
+    return 0
+
+
+COMMANDS = {
+    "config": _add_config,
+    "version": _add_version,
+}

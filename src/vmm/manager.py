@@ -68,6 +68,8 @@ class CreateRequest:
     engine: str | None = None
     accel: str | None = None
     boot_args: str | None = None
+    ip: str | None = None  # a pinned address (else the lowest free one)
+    autostart: bool = False
 
 
 def read_public_key(path: Path) -> str:
@@ -180,7 +182,7 @@ class Manager:
             if self.store.exists(name):
                 raise ConflictError(f"VM {name!r} already exists", hint="choose another name")
             used_ips, used_ids = self._allocations()
-            ip = ipam.allocate(subnet, gateway, used_ips)
+            ip = ipam.allocate(subnet, gateway, used_ips, requested=req.ip)
             vm_id = new_vm_id()
             while vm_id in used_ids:
                 vm_id = new_vm_id()
@@ -201,6 +203,7 @@ class Manager:
                 mac=ipam.mac_for(ip),
                 tap=f"vmm-{vm_id}",
                 boot_args=req.boot_args or "",
+                autostart=req.autostart,
                 created_at=now(),
             )
             self.store.save(vm)

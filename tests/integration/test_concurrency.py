@@ -48,3 +48,13 @@ def test_delete_frees_the_address(vmm_env: VmmEnv, tmp_path: Path, netns: NetNS)
     vmm_env.run("delete", "a", ns=netns, check=True)
     assert "172.16.0.2" in vmm_env.run("create", "d", check=True).stdout
     assert "172.16.0.5" in vmm_env.run("create", "e", check=True).stdout
+
+
+def test_pinned_address_and_autostart_flag(vmm_env: VmmEnv, tmp_path: Path) -> None:
+    vmm_env.write_config(engine="qemu", accel="tcg")
+    register_artifacts(vmm_env, tmp_path)
+    assert "172.16.0.50" in vmm_env.run("create", "pinned", "--ip", "172.16.0.50", "--autostart", check=True).stdout
+    assert "172.16.0.2" in vmm_env.run("create", "next", check=True).stdout
+    vms = {v["name"]: v for v in json.loads(vmm_env.run("list", "-a", "--json", check=True).stdout)["vms"]}
+    assert vms["pinned"]["mac"] == "06:00:AC:10:00:32" and vms["pinned"]["autostart"] is True
+    assert vms["next"]["autostart"] is False

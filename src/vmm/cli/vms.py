@@ -35,6 +35,8 @@ def _add_create(sub: SubParsers) -> None:
     c.add_argument("--engine", choices=("firecracker", "qemu"), help="hypervisor (default from config)")
     c.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="QEMU accelerator (default from config)")
     c.add_argument("--boot-args", metavar="ARGS", help="extra kernel command-line arguments")
+    c.add_argument("--ip", metavar="ADDR", help="pin the VM's address (default: the lowest free one)")
+    c.add_argument("--autostart", action="store_true", help="start the VM when the host boots")
     c.set_defaults(handler=cmd_create)
 
 
@@ -99,6 +101,8 @@ def cmd_create(args: argparse.Namespace) -> int:
             engine=args.engine,
             accel=args.accel,
             boot_args=args.boot_args,
+            ip=args.ip,
+            autostart=args.autostart,
         )
     )
     engine = vm.engine + (f" (accel {vm.accel})" if vm.engine == "qemu" else "")

@@ -57,6 +57,7 @@ class VmmEnv:
         env = dict(os.environ)
         env["VMM_CONFIG"] = str(self.config)
         env["VMM_DATA_DIR"] = str(self.data_dir)
+        env["HOME"] = str(self.root)  # vmm's known_hosts etc. stay out of the real home
         env.pop("SUDO_USER", None)
         return env
 

@@ -7,7 +7,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HOST_PACKAGES=(
   python3 python3-venv iproute2 nftables e2fsprogs e2tools openssh-client
   qemu-system-x86 squashfs-tools debootstrap procps util-linux coreutils
-  python3-wheel-whl curl wget shellcheck
+  python3-wheel-whl curl wget shellcheck systemd lz4 zstd xz-utils
 )
 
 # Runs a noisy command with its output in a log that is shown only when it fails.

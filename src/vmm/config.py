@@ -32,6 +32,7 @@ DEFAULT_IMAGE = "default"
 DEFAULT_KERNEL = "default"
 ENGINES = ("firecracker", "qemu")
 ACCELS = ("auto", "kvm", "tcg")
+AUTOSTART_POLICIES = ("flagged", "running")
 
 
 def invoking_user_home() -> Path:
@@ -114,6 +115,9 @@ class Config(Record):
     host_interface: str = ""
     engine: str = "firecracker"
     accel: str = "auto"
+    # What ``vmm autostart`` (the boot service) starts: VMs flagged --autostart, or exactly
+    # the VMs that were running when ``vmm autostop`` last ran.
+    autostart_policy: str = "flagged"
     firecracker_bin: str | None = None
     qemu_bin: str | None = None
     vm_defaults: VMDefaults = field(default_factory=VMDefaults)
@@ -139,6 +143,7 @@ class Config(Record):
             "host_interface": self.host_interface,
             "engine": self.engine,
             "accel": self.accel,
+            "autostart_policy": self.autostart_policy,
         }
         if self.firecracker_bin:
             d["firecracker_bin"] = self.firecracker_bin
@@ -169,6 +174,7 @@ class Config(Record):
             "host_interface",
             "engine",
             "accel",
+            "autostart_policy",
             "firecracker_bin",
             "qemu_bin",
         ):
@@ -202,7 +208,7 @@ def _type_error(path: Path, field_name: str, expected: str, value: Any) -> Confi
 def _parse(raw: Any, path: Path, cfg: Config) -> None:
     if not isinstance(raw, dict):
         raise _type_error(path, "$", "a JSON object", raw)
-    known = set(_STR_KEYS) | set(_OPT_STR_KEYS) | {"engine", "accel", "vm_defaults"}
+    known = set(_STR_KEYS) | set(_OPT_STR_KEYS) | {"engine", "accel", "autostart_policy", "vm_defaults"}
     for key in raw:
         if key not in known:
             raise ConfigError(
@@ -223,7 +229,7 @@ def _parse(raw: Any, path: Path, cfg: Config) -> None:
                 raise _type_error(path, f"$.{key}", "a non-empty string or null", value)
             setattr(cfg, key, value)
             cfg.sources[key] = "config file"
-    for key, allowed in (("engine", ENGINES), ("accel", ACCELS)):
+    for key, allowed in (("engine", ENGINES), ("accel", ACCELS), ("autostart_policy", AUTOSTART_POLICIES)):
         if key in raw:
             value = raw[key]
             if value not in allowed:

@@ -70,6 +70,7 @@ class CreateRequest:
     boot_args: str | None = None
     ip: str | None = None  # a pinned address (else the lowest free one)
     autostart: bool = False
+    mounts: list[str] | None = None  # --mount /host/path:tag[:ro|rw] specs
 
 
 def read_public_key(path: Path) -> str:
@@ -173,6 +174,11 @@ class Manager:
                 hint="use a shorter name or data dir (Unix socket paths are limited to 107 bytes)",
             )
         self.engine(engine_name).check_available()
+        from vmm.guest import mounts as guest_mounts
+
+        mounts = guest_mounts.parse_mounts(
+            req.mounts or [], vm_name=name, mounts_dir=self.store.mounts_dir
+        )
 
         from vmm.network import ipam
 
@@ -182,6 +188,9 @@ class Manager:
             if self.store.exists(name):
                 raise ConflictError(f"VM {name!r} already exists", hint="choose another name")
             used_ips, used_ids = self._allocations()
+            self.check_network_unchanged()
+            if mounts:
+                guest_mounts.check_image_clash(mounts, self.store.load_all()[0])
             ip = ipam.allocate(subnet, gateway, used_ips, requested=req.ip)
             vm_id = new_vm_id()
             while vm_id in used_ids:
@@ -204,6 +213,7 @@ class Manager:
                 tap=f"vmm-{vm_id}",
                 boot_args=req.boot_args or "",
                 autostart=req.autostart,
+                mounts=mounts,
                 created_at=now(),
             )
             self.store.save(vm)
@@ -246,6 +256,7 @@ class Manager:
             launched: ProcessRef | None = None
             try:
                 self._prepare_rootfs(vm)
+                self._prepare_mounts(vm)
                 self._ensure_network(vm)
                 spec = self._boot_spec(vm, kernel.path, kernel.initrd, paths, accel)
                 launched = engine.launch(spec)
@@ -330,22 +341,69 @@ class Manager:
             networkd_present=networkd is not None,
         )
         ext4.write_files(self.runner, rootfs, files)
+        if vm.mounts:
+            from vmm.guest import mounts as guest_mounts
+
+            guest_mounts.write_fstab(self.runner, rootfs, vm.mounts)
+
+    def _prepare_mounts(self, vm: VM) -> None:
+        """Build the mount images from the host directories (never over the guest's changes)."""
+        if not vm.mounts:
+            return
+        from vmm.guest import mounts as guest_mounts
+
+        self.store.mounts_dir.mkdir(parents=True, exist_ok=True)
+        for note in guest_mounts.MountImages(self.store, self.runner).prepare(vm):
+            log.warning("note: %s", note)
+        self.store.save(vm)
 
     def _ensure_network(self, vm: VM) -> None:
-        from vmm.network import firewall, ipam, links, sysctl
+        from vmm.network import coexist, ipam, links, sysctl
 
         subnet, gateway = ipam.validate_network(self.config.subnet, self.config.gateway)
         with self.store.global_lock():
+            self.check_network_unchanged()
             links.ensure_bridge(self.runner, self.config.bridge_name, gateway, subnet.prefixlen)
             sysctl.enable_ip_forward()
-            firewall.apply(self.runner, self._firewall_spec())
-            links.ensure_tap(self.runner, vm.tap, self.config.bridge_name)
+            self.apply_network_rules_locked(starting=vm, always=True)
+            coexist.ensure_forward_allowed(self.runner, self.config.bridge_name)
+            # hairpin: with br_netfilter loaded, a guest reaching its own forward through the
+            # host is DNAT'd back out of the port it came in on (tested in test_portforward)
+            links.ensure_tap(
+                self.runner, vm.tap, self.config.bridge_name, hairpin=bool(vm.port_forwards)
+            )
 
-    def _firewall_spec(self) -> FirewallSpec:
+    def _firewall_spec(self, starting: VM | None = None) -> FirewallSpec:
+        """The ruleset as the records say: NAT, plus the forwards of running VMs (and of
+        ``starting``, whose process does not exist yet). A forward that cannot be applied (an
+        address outside the subnet, a clash from a hand-edited record) is logged and left out,
+        so one bad record never blocks stop or delete of the others."""
+        from vmm import portforward
         from vmm.network import firewall, ipam
 
         subnet, _ = ipam.validate_network(self.config.subnet, self.config.gateway)
-        return firewall.FirewallSpec(bridge=self.config.bridge_name, subnet=subnet)
+        forwards: list[firewall.PortForward] = []
+        vms, _problems = self.store.load_all()
+        for vm in sorted(vms, key=lambda v: v.name):
+            if starting is not None and vm.name == starting.name:
+                vm = starting
+            elif not vm.port_forwards or not self.vm_is_active(vm):
+                continue
+            for fwd in vm.port_forwards:
+                try:
+                    rule = portforward.to_firewall(fwd, vm.ip)
+                except (ValueError, VmmError) as exc:
+                    log.warning("VM %s: port forward %s left out: %s", vm.name, fwd.key, exc)
+                    continue
+                clash = next((f for f in forwards if f.clashes_with(rule)), None)
+                if rule.guest_ip not in subnet or clash is not None:
+                    why = f"clashes with {clash}" if clash else f"{vm.ip} is outside {subnet}"
+                    log.warning("VM %s: port forward %s left out: %s", vm.name, fwd.key, why)
+                    continue
+                forwards.append(rule)
+        return firewall.FirewallSpec(
+            bridge=self.config.bridge_name, subnet=subnet, forwards=tuple(forwards)
+        )
 
     def _teardown_network_if_unused(self) -> None:
         """With no VM left, remove what vmm added to the host: its nft table and the bridge."""
@@ -362,6 +420,9 @@ class Manager:
                 links.delete_bridge(self.runner, bridge)
             if firewall.table_exists(self.runner):
                 firewall.remove(self.runner)
+            from vmm.network import coexist
+
+            coexist.remove_docker_user_rules(self.runner, bridge)
 
     def _delete_tap(self, vm: VM) -> None:
         from vmm.network import links
@@ -381,6 +442,10 @@ class Manager:
             extra=vm.boot_args,
         )
         drives = [Drive("rootfs", self.store.rootfs_path(vm.name), read_only=False, root=True)]
+        if vm.mounts:
+            from vmm.guest import mounts as guest_mounts
+
+            drives += guest_mounts.drives(vm.mounts)
         return BootSpec(
             vm_id=f"vmm-{vm.id}",
             name=vm.name,
@@ -442,6 +507,8 @@ class Manager:
                 vm.stopped_at = now() if how != "not-running" else vm.stopped_at
             vm.pid = vm.pid_start_time = None
             self.store.save(vm)
+            if vm.port_forwards:
+                self.rebuild_network_rules()  # withdraw this VM's forwards
             return how
 
     # -- delete -------------------------------------------------------------------------
@@ -479,13 +546,28 @@ class Manager:
                         links.delete_tap(self.runner, tap)
             paths = self.store.run_paths(name)
             shutil.rmtree(self.store.vm_dir(name), ignore_errors=True)
+            self._remove_mount_images(name, vm)
             for p in (paths.console_log, paths.api_socket, paths.console_socket):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
             with self.store.global_lock():
                 self.store.remove_record(name)
         self.store.remove_vm_lock(name)
+        self.rebuild_network_rules()  # no rules for VMs that no longer exist
         self._teardown_network_if_unused()
+
+    def _remove_mount_images(self, name: str, vm: VM | None) -> None:
+        from vmm.guest import mounts as guest_mounts
+
+        if vm is not None:
+            paths = [m.image_path for m in vm.mounts if m.image_path]
+        else:  # a corrupt record: the paths it names
+            try:
+                paths = guest_mounts.image_paths_in_text(self.store.record_path(name).read_text())
+            except OSError:
+                paths = []
+        for p in paths:
+            guest_mounts.remove_image(self.store, Path(p))
 
     def _tap_from_corrupt_record(self, name: str) -> str | None:
         try:
@@ -499,6 +581,79 @@ class Manager:
             return None
         value = m.group(1)
         return value if value.startswith("vmm-") else f"vmm-{value}"
+
+    # -- network rules from the records (port forwards; issue 4) ----------------------------
+
+    def vm_is_active(self, vm: VM) -> bool:
+        """Its forwards apply: the VM runs, or a ``vmm start`` of it is under way right now
+        (state ``starting`` while its start holds the VM lock: the process does not exist yet)."""
+        if is_alive(process_ref(vm)):
+            return True
+        return vm.state == VMState.STARTING.value and self._vm_lock_held(vm.name)
+
+    def _vm_lock_held(self, name: str) -> bool:
+        import fcntl
+
+        try:
+            fd = os.open(self.store.locks_dir / f"{name}.lock", os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also releases the probe's own lock
+        return False
+
+    def apply_network_rules_locked(
+        self, *, starting: VM | None = None, always: bool = False
+    ) -> FirewallSpec | None:
+        """Replace vmm's nft table with what the records say; the caller holds the global lock.
+
+        Without ``always`` nothing happens when the table does not exist: a host where vmm's
+        network was never set up (or was torn down) is left alone.
+        """
+        from vmm.network import firewall, links, sysctl
+
+        if not always and not firewall.table_exists(self.runner):
+            return None
+        spec = self._firewall_spec(starting)
+        bridge = self.config.bridge_name
+        # forwards from the host's own localhost need route_localnet on the bridge
+        localhost = any(f.host_addr is None or f.host_addr.is_loopback for f in spec.forwards)
+        if localhost and links.link_exists(self.runner, bridge):
+            sysctl.enable_route_localnet(bridge)
+        firewall.apply(self.runner, spec)
+        return spec
+
+    def rebuild_network_rules(self) -> FirewallSpec | None:
+        """``apply_network_rules_locked`` under the global lock (when the table exists)."""
+        with self.store.global_lock():
+            return self.apply_network_rules_locked()
+
+    def check_network_unchanged(self) -> None:
+        """Refuse to go on when VM records do not fit the configured subnet and gateway: the
+        config's ``subnet``/``gateway`` was changed while VMs exist."""
+        from vmm.network import ipam
+
+        subnet, gateway = ipam.validate_network(self.config.subnet, self.config.gateway)
+        vms, _problems = self.store.load_all()
+        bad = []
+        for vm in vms:
+            try:
+                ip = ipam.parse_address(vm.ip)
+            except VmmError:
+                continue
+            if ip not in subnet or ip in ipam.reserved_addresses(subnet, gateway):
+                bad.append(f"{vm.name} ({vm.ip})")
+        if bad:
+            raise ConflictError(
+                f"the configured subnet {subnet} (gateway {gateway}) does not fit existing VMs: "
+                + ", ".join(bad),
+                hint=f"subnet and gateway cannot change while VMs exist: restore the old values in "
+                f"{self.config.path}, or delete those VMs first (vmm delete NAME)",
+            )
 
 
 def ssh_banner(ip: str, port: int = 22, timeout: float = 2.0) -> bool:

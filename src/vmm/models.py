@@ -90,10 +90,35 @@ def new_vm_id() -> str:
 
 
 class Mount(Record):
+    """A host directory mounted in the guest at ``/mnt/<tag>`` (see ``vmm.guest.mounts``)."""
+
     host_path: str
     tag: str
     read_only: bool = False
     image_path: str | None = None
+    label: str | None = None  # the image's ext4 label; the guest's fstab finds it by this
+    stamp: str | None = None  # the image's superblock stamp after the last build/sync/pull
+    fingerprint: str | None = None  # digest of the image's contents at that time
+    synced_at: str | None = None
+
+
+class PortForward(Record):
+    """A stored port forward: host [``host_addr``:]``host_port`` -> the VM's ``guest_port``.
+
+    The guest address is not stored: it is the VM's own ``ip``. ``host_addr`` None means every
+    address of the host (including 127.0.0.1). Parsed and checked by ``vmm.portforward``.
+    """
+
+    host_port: int
+    guest_port: int
+    proto: str = "tcp"
+    host_addr: str | None = None
+
+    @property
+    def key(self) -> str:
+        """How the user names it: ``8080/tcp``, or ``127.0.0.1:8080/tcp``."""
+        host = f"{self.host_addr}:" if self.host_addr else ""
+        return f"{host}{self.host_port}/{self.proto}"
 
 
 class VM(Record):
@@ -116,6 +141,7 @@ class VM(Record):
     tap: str = ""
     boot_args: str = ""  # extra kernel arguments
     mounts: list[Mount] = field(default_factory=list)
+    port_forwards: list[PortForward] = field(default_factory=list)
     autostart: bool = False
     pid: int | None = None
     pid_start_time: int | None = None
@@ -150,13 +176,25 @@ class VM(Record):
         _check_types(data, source)
         mounts = []
         for i, m in enumerate(data.get("mounts") or []):
-            if not isinstance(m, dict) or set(m) - {"host_path", "tag", "read_only", "image_path"}:
+            if not isinstance(m, dict) or set(m) - set(Mount.fields()):
                 raise RecordError(f"VM record {source}: invalid $.mounts[{i}]")
             try:
-                mounts.append(Mount(**m))
+                mount = Mount(**m)
             except TypeError:
                 raise RecordError(f"VM record {source}: invalid $.mounts[{i}]") from None
+            if not (
+                isinstance(mount.host_path, str)
+                and isinstance(mount.tag, str)
+                and isinstance(mount.read_only, bool)
+                and all(
+                    isinstance(getattr(mount, k), (str, type(None)))
+                    for k in ("image_path", "label", "stamp", "fingerprint", "synced_at")
+                )
+            ):
+                raise RecordError(f"VM record {source}: $.mounts[{i}] has a field of the wrong type")
+            mounts.append(mount)
         data["mounts"] = mounts
+        data["port_forwards"] = _decode_forwards(data.get("port_forwards") or [], source)
         if data["state"] not in {s.value for s in VMState}:
             raise RecordError(f"VM record {source}: invalid $.state {data['state']!r}")
         return cls(**data)
@@ -182,6 +220,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "tap": (str,),
     "boot_args": (str,),
     "mounts": (list,),
+    "port_forwards": (list,),
     "autostart": (bool,),
     "pid": (int, type(None)),
     "pid_start_time": (int, type(None)),
@@ -206,3 +245,31 @@ def _check_types(data: dict[str, Any], source: str) -> None:
             raise RecordError(
                 f"VM record {source}: $.{key} has the wrong type ({type(value).__name__})"
             )
+
+
+def _decode_forwards(raw: list[Any], source: str) -> list[PortForward]:
+    forwards = []
+    for i, f in enumerate(raw):
+        where = f"VM record {source}: invalid $.port_forwards[{i}]"
+        if not isinstance(f, dict) or set(f) - set(PortForward.fields()):
+            raise RecordError(where)
+        ports = (f.get("host_port"), f.get("guest_port"))
+        if any(isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535 for p in ports):
+            raise RecordError(f"{where}: ports must be 1-65535")
+        if f.get("proto", "tcp") not in ("tcp", "udp"):
+            raise RecordError(f"{where}: proto must be tcp or udp")
+        addr = f.get("host_addr")
+        if addr is not None and not (isinstance(addr, str) and _is_ipv4(addr)):
+            raise RecordError(f"{where}: host_addr must be an IPv4 address or null")
+        forwards.append(PortForward(**f))
+    return forwards
+
+
+def _is_ipv4(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from tests.conftest import VmmEnv, register_artifacts
 from tests.netns import NetNS
 from tests.unit.test_kernels import fake_elf

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from tests.conftest import VmmEnv
 from tests.fakes.fc_harness import install_fake
 from tests.netns import NetNS

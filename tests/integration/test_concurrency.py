@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from tests.conftest import VmmEnv, register_artifacts
 from tests.netns import NetNS
 

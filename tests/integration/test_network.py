@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.netns import (
     NetNS,
     add_address,
@@ -28,7 +29,6 @@ from tests.netns import (
     connect,
     connect_outside,
 )
-
 from vmm.errors import ConflictError, NotFoundError
 from vmm.network import firewall, links, sysctl
 from vmm.network.firewall import FirewallSpec, PortForward

@@ -23,10 +23,21 @@ COMMAND_MODULES: dict[str, str] = {
     "list": "vmm.cli.vms",
     "ssh": "vmm.cli.vms",
     "inspect": "vmm.cli.vms",
+    "port-forward": "vmm.cli.network",
+    "network": "vmm.cli.network",
     "image": "vmm.cli.images",
     "kernel": "vmm.cli.images",
+    "mount": "vmm.cli.mounts",
     "config": "vmm.cli.settings",
     "version": "vmm.cli.settings",
+    "service": "vmm.cli.host",
+    "autostart": "vmm.cli.host",
+    "autostop": "vmm.cli.host",
+    "doctor": "vmm.cli.host",
+    "logs": "vmm.cli.host",
+    "console": "vmm.cli.host",
+    "completion": "vmm.cli.host",
+    "__complete": "vmm.cli.host",
 }
 ALIASES = {"rm": "delete", "ls": "list"}
 

@@ -66,10 +66,13 @@ def cmd_version(args: argparse.Namespace) -> int:
             engines[name] = m.engine(name).version()
         except Exception:
             engines[name] = None
+    from vmm.buildinfo import git_commit
+
+    commit = git_commit()
     if args.json:
-        print_json({"vmm": __version__, "engines": engines})
+        print_json({"vmm": __version__, "commit": commit, "engines": engines})
     else:
-        print(f"vmm {__version__}")
+        print(f"vmm {__version__}" + (f" (commit {commit[:12]})" if commit else ""))
         for name, ver in engines.items():
             print(f"{name}: {ver or 'not found'}")
     return 0

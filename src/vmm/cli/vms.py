@@ -37,6 +37,11 @@ def _add_create(sub: SubParsers) -> None:
     c.add_argument("--boot-args", metavar="ARGS", help="extra kernel command-line arguments")
     c.add_argument("--ip", metavar="ADDR", help="pin the VM's address (default: the lowest free one)")
     c.add_argument("--autostart", action="store_true", help="start the VM when the host boots")
+    c.add_argument(
+        "--mount", action="append", metavar="PATH:TAG[:ro|rw]",
+        help="host directory copied into an ext4 disk at each start, mounted at /mnt/TAG "
+        "(repeatable; rw by default; see 'vmm mount --help')",
+    )
     c.set_defaults(handler=cmd_create)
 
 
@@ -103,6 +108,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             boot_args=args.boot_args,
             ip=args.ip,
             autostart=args.autostart,
+            mounts=args.mount,
         )
     )
     engine = vm.engine + (f" (accel {vm.accel})" if vm.engine == "qemu" else "")
@@ -229,6 +235,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "console_log": str(paths.console_log),
         "api_socket": str(paths.api_socket),
     }
+    if view.alive:  # what the hypervisor itself reports, when it answers within 2 s
+        d["live"]["engine_state"] = None
+        try:
+            if vm.engine == "qemu":
+                from vmm.engines.qemu.qmp import qmp_execute
+
+                d["live"]["engine_state"] = qmp_execute(paths.api_socket, "query-status", timeout=2.0).get("status")
+            else:
+                from vmm.engines.firecracker.api import FirecrackerApi
+
+                d["live"]["engine_state"] = FirecrackerApi(paths.api_socket, timeout=2.0).instance_info().get("state")
+        except Exception:
+            pass
     print_json(d)
     return 0
 

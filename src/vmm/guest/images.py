@@ -1,7 +1,9 @@
 """Root filesystem images: the registry under ``images/<name>.ext4`` with a ``<name>.json`` beside.
 
-This is the minimal part (import of an ext4 file, list, lookup); other sources (pull, Docker,
-OCI, tarballs, debootstrap) build on ``register``.
+``import_source`` takes every source of ``vmm.guest.sources`` (directories, tarballs, squashfs,
+OCI layouts and archives, docker-archive, the Docker daemon) and turns it into an ext4 image with
+``mkfs.ext4 -d``; an ext4 file is copied as it is. Metadata: source, format, virtual size,
+created, sha256 of the image file.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +22,8 @@ from vmm.guest import ext4
 from vmm.models import validate_name
 from vmm.runner import Runner
 from vmm.store import Store, write_atomic
+
+MiB = 1024 * 1024
 
 
 @dataclass
@@ -90,6 +95,97 @@ class ImageRegistry:
         self.register(name, source=str(source.resolve()), kind="ext4")
         return self.get(name)
 
+    def import_source(
+        self,
+        text: str,
+        name: str,
+        *,
+        size_mb: int | None = None,
+        force: bool = False,
+        as_is: bool = False,
+    ) -> Image:
+        """Import any source (see ``vmm.guest.sources``) as image ``name``."""
+        from vmm.guest import sources
+
+        validate_name(name, "image")
+        source = sources.parse_source(text)
+        if size_mb is not None and size_mb < 16:
+            raise ValidationError(f"--size must be at least 16 MB, got {size_mb}")
+        dest = self.path_of(name)
+        if dest.exists() and not force:
+            raise ConflictError(f"image {name!r} already exists", hint="use -f to replace it")
+        if source.kind == "ext4":
+            img = self.import_ext4(Path(source.location), name, force=force)
+            if size_mb is not None and size_mb * MiB > img.virtual_size:
+                ext4.grow(self.runner, img.path, size_mb)
+                self.register(name, source=str(Path(source.location).resolve()), kind="ext4")
+            return self.get(name)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        staged = sources.stage(self.runner, source, self.dir)
+        tmp = self.dir / f".{name}.importing"
+        try:
+            if not as_is:
+                missing = sources.missing_guest_parts(staged.tree)
+                if missing:
+                    raise ValidationError(
+                        f"{text} lacks {' and '.join(missing)}, which vmm guests need "
+                        "(systemd as init, sshd for 'vmm ssh')",
+                        hint="install them in the image first (e.g. a Dockerfile with "
+                        "'apt-get install systemd-sysv openssh-server iproute2 udev'), or "
+                        "import it anyway with --as-is",
+                    )
+            used, entries = sources.tree_bytes(staged.tree)
+            size = sources.default_size(used) if size_mb is None else size_mb * MiB
+            if size_mb is not None and used + entries * 256 > size:
+                raise ValidationError(
+                    f"{text} needs about {-(-used // MiB)} MB; --size {size_mb} MB is too small",
+                    hint=f"use --size {sources.default_size(used) // MiB} or more",
+                )
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            with tmp.open("wb") as f:
+                f.truncate(size)
+            argv = ["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(staged.tree), str(tmp)]
+            result = self.runner.run(argv, check=False, timeout=3600)
+            if result.returncode != 0:
+                if "Could not allocate" in result.stderr or "No space" in result.stderr:
+                    raise ValidationError(
+                        f"{text} does not fit in {size // MiB} MB",
+                        hint=f"use a larger --size (the tree has about {-(-used // MiB)} MB)",
+                    )
+                from vmm.errors import CommandError
+
+                raise CommandError(argv, result.returncode, result.stderr or result.stdout)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        finally:
+            staged.cleanup()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        where = source.location if source.kind == "docker" else str(Path(source.location).resolve())
+        label = where if source.kind in ("dir", "tar", "squashfs") else f"{source.kind}:{where}"
+        if source.ref:
+            label += f":{source.ref}"
+        self.register(name, source=label, kind=source.kind)
+        return self.get(name)
+
+    def delete(self, name: str, *, used_by: Sequence[str], force: bool = False) -> None:
+        """Remove an image; refused while VMs use it unless ``force``.
+
+        VMs that started once have their own copy of the disk; a VM that never started needs
+        the image at its first start.
+        """
+        validate_name(name, "image")
+        img = self.get(name)
+        if used_by and not force:
+            raise ConflictError(
+                f"image {name!r} is used by {len(used_by)} VM(s): {', '.join(sorted(used_by))}",
+                hint="delete those VMs first, or use -f (VMs never started cannot start then)",
+            )
+        for p in (self.dir / f"{name}.json", img.path):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
     def register(self, name: str, *, source: str, kind: str) -> None:
         path = self.path_of(name)
         meta = {
@@ -97,6 +193,17 @@ class ImageRegistry:
             "source": source,
             "format": kind,
             "virtual_size": path.stat().st_size,
+            "sha256": _sha256(path),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_atomic(self.dir / f"{name}.json", (json.dumps(meta, indent=2) + "\n").encode())
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()

@@ -152,7 +152,11 @@ def _refuse_overlaps(
     taken = overlapping_addresses(net, addresses, own_dev=own_dev)
     if taken:
         dev, addr = taken[0]
-        raise ConflictError(f"subnet {net} overlaps the address {addr} of {dev}", hint=hint)
+        raise ConflictError(
+            f"subnet {net} overlaps the address {addr} of {dev}",
+            details=f"{dev} has {addr}; vmm's bridge would take {net}",
+            hint=hint,
+        )
 
 
 def delete_bridge(runner: Runner, name: str) -> bool:
@@ -219,6 +223,13 @@ def ensure_tap(
     except BaseException:
         _delete_link(runner, name, quiet=True)
         raise
+
+
+def set_hairpin(runner: Runner, name: str, on: bool = True) -> None:
+    """Turn hairpin mode of bridge port ``name`` on or off (see ``ensure_tap``)."""
+    validate_ifname(name)
+    state = "on" if on else "off"
+    runner.run(["ip", "link", "set", "dev", name, "type", "bridge_slave", "hairpin", state])
 
 
 def delete_tap(runner: Runner, name: str) -> bool:

@@ -1,0 +1,197 @@
+"""Boot and shutdown of the host: ``vmm autostart`` / ``vmm autostop`` (run by vmm.service).
+
+``autostop`` stops every running VM in parallel, each through ``Manager.stop`` (graceful, then
+SIGTERM, then SIGKILL), after writing the names of the VMs it found running to
+``<data_dir>/autostart-running.json``. ``autostart`` then starts, by ``autostart_policy``:
+
+- ``flagged``: the VMs created with ``--autostart`` (or ``vmm autostart enable``);
+- ``running``: exactly the VMs that file names. Without the file (the host went down without
+  ``autostop``: a crash or power loss), the VMs whose record still says running — they were
+  running when the host went down. The file is consumed: it describes one shutdown only.
+
+One VM failing never stops the others; every VM gets one ``Outcome``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from vmm.errors import ConfigError, VmmError
+from vmm.models import VM, VMState, validate_name
+from vmm.record import FrozenRecord
+from vmm.status import VMView
+
+if TYPE_CHECKING:
+    from vmm.manager import Manager
+
+log = logging.getLogger(__name__)
+
+RUNNING_FILE = "autostart-running.json"
+MAX_PARALLEL = 8
+
+
+class Outcome(FrozenRecord):
+    """What happened to one VM: ``action`` is started, stopped, already-running,
+    not-running, skipped or failed; ``detail`` says how (or why not)."""
+
+    name: str
+    action: str
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.action != "failed"
+
+    def line(self) -> str:
+        return f"{self.name}: {self.action}" + (f" ({self.detail})" if self.detail else "")
+
+
+def set_flag(manager: Manager, name: str, enabled: bool) -> VM:
+    """``vmm autostart enable|disable NAME``."""
+    validate_name(name)
+    store = manager.store
+    if not store.exists(name):
+        manager.get(name)  # the NotFoundError with its hint
+    with store.vm_lock(name):
+        vm = store.load(name)
+        if vm.autostart != enabled:
+            vm.autostart = enabled
+            store.save(vm)
+        return vm
+
+
+def _parallel(
+    names: Iterable[str],
+    work: Callable[[str], Outcome],
+    on_done: Callable[[Outcome], None] | None,
+) -> list[Outcome]:
+    names = list(names)
+    if not names:
+        return []
+
+    def guarded(name: str) -> Outcome:
+        try:
+            outcome = work(name)
+        except VmmError as exc:
+            outcome = Outcome(name, "failed", exc.brief)
+        except Exception as exc:  # one VM's bug must not leave the others running or stopped
+            log.debug("%s failed", name, exc_info=True)
+            outcome = Outcome(name, "failed", f"{type(exc).__name__}: {exc}")
+        if on_done is not None:
+            on_done(outcome)
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(names))) as pool:
+        return list(pool.map(guarded, names))
+
+
+# -- autostop -------------------------------------------------------------------------------
+
+
+def write_running(manager: Manager, names: list[str]) -> None:
+    from vmm.store import write_atomic
+
+    data = {"stopped_at": datetime.now(UTC).isoformat(timespec="seconds"), "vms": sorted(names)}
+    manager.store.root.mkdir(parents=True, exist_ok=True)
+    write_atomic(manager.store.root / RUNNING_FILE, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def read_running(manager: Manager) -> list[str] | None:
+    """The names ``autostop`` recorded, or None when there is no (valid) record."""
+    path = manager.store.root / RUNNING_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return None
+    vms = raw.get("vms") if isinstance(raw, dict) else None
+    if not isinstance(vms, list) or not all(isinstance(n, str) for n in vms):
+        log.warning("ignoring %s: no list of VM names in $.vms", path)
+        return None
+    return vms
+
+
+def autostop(
+    manager: Manager,
+    *,
+    timeout: float = 30.0,
+    on_done: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Stop every running VM gracefully, in parallel; record which ones were running."""
+    vms, problems = manager.store.load_all()
+    running = [vm.name for vm in vms if VMView.of(vm).alive]
+    if manager.store.root.is_dir():  # no data dir: nothing ran, nothing to remember
+        write_running(manager, running)
+
+    def stop(name: str) -> Outcome:
+        how = manager.stop(name, timeout=timeout)
+        if how == "not-running":
+            return Outcome(name, "not-running", "it exited by itself")
+        detail = {
+            "graceful": "shut down",
+            "sigterm": "terminated (SIGTERM)",
+            "sigkill": "killed (SIGKILL)",
+        }
+        return Outcome(name, "stopped", detail.get(how, how))
+
+    outcomes = [Outcome(p.name, "failed", f"cannot read its record: {p.error}") for p in problems]
+    for o in outcomes:
+        if on_done is not None:
+            on_done(o)
+    return outcomes + _parallel(running, stop, on_done)
+
+
+# -- autostart ------------------------------------------------------------------------------
+
+
+def select_for_start(policy: str, vms: list[VM], recorded: list[str] | None) -> list[str]:
+    """The names ``autostart`` starts under ``policy``. Pure."""
+    if policy == "flagged":
+        return [vm.name for vm in vms if vm.autostart]
+    if policy == "running":
+        if recorded is not None:
+            existing = {vm.name for vm in vms}
+            return [n for n in recorded if n in existing]
+        was_running = (VMState.RUNNING.value, VMState.STARTING.value, VMState.STOPPING.value)
+        return [vm.name for vm in vms if vm.state in was_running]
+    raise ConfigError(f"unknown autostart_policy {policy!r}", hint="use 'flagged' or 'running'")
+
+
+def autostart(
+    manager: Manager,
+    *,
+    policy: str | None = None,
+    on_done: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Start the VMs the policy selects, in parallel, without waiting for SSH."""
+    policy = policy or manager.config.autostart_policy
+    vms, problems = manager.store.load_all()
+    recorded = read_running(manager) if policy == "running" else None
+    names = select_for_start(policy, vms, recorded)
+    by_name = {vm.name: vm for vm in vms}
+    missing = sorted(set(recorded or []) - set(by_name))
+
+    def start(name: str) -> Outcome:
+        if VMView.of(by_name[name]).alive:
+            return Outcome(name, "already-running")
+        vm = manager.start(name)
+        return Outcome(name, "started", f"{vm.engine} at {vm.ip}")
+
+    outcomes = [Outcome(p.name, "failed", f"cannot read its record: {p.error}") for p in problems]
+    outcomes += [Outcome(n, "skipped", "running at shutdown, deleted since") for n in missing]
+    for o in outcomes:
+        if on_done is not None:
+            on_done(o)
+    outcomes += _parallel(names, start, on_done)
+    if recorded is not None:
+        with contextlib.suppress(FileNotFoundError):
+            (manager.store.root / RUNNING_FILE).unlink()
+    return outcomes

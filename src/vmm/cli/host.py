@@ -1,0 +1,456 @@
+"""Host integration commands: service, autostart, autostop, doctor, logs, console, completion.
+
+``autostop`` and the bare ``autostart`` are run by vmm.service and ``__complete`` by the shell
+completion scripts: they are registered without ``help=`` so ``vmm --help`` does not list them
+(argparse 3.11 prints ``==SUPPRESS==`` for ``help=argparse.SUPPRESS``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+from vmm.cli.common import help_of, load_config, manager, positive_int, print_json, require_root
+from vmm.errors import ConflictError, NotFoundError, VmmError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from vmm.autostart import Outcome
+    from vmm.cli.parser import SubParsers
+    from vmm.host.systemd import Service
+
+DETACH = b"\x1d"  # Ctrl-]
+
+
+# -- parsers ----------------------------------------------------------------------------------
+
+
+def _add_service(sub: SubParsers) -> None:
+    s = sub.add_parser(
+        "service", help="install the systemd unit that starts/stops VMs with the host"
+    )
+    s_sub = s.add_subparsers(title="commands", metavar="COMMAND")
+    si = s_sub.add_parser("install", help="write and enable vmm.service")
+    si.add_argument(
+        "--vmm", metavar="PATH", help="the vmm executable the unit runs (default: this one)"
+    )
+    si.add_argument(
+        "--unit-dir", metavar="DIR", help="where to write it (default /etc/systemd/system)"
+    )
+    si.add_argument(
+        "--no-enable", dest="enable", action="store_false", help="only write the unit file"
+    )
+    si.add_argument(
+        "--print", dest="print_only", action="store_true", help="print the unit, change nothing"
+    )
+    si.set_defaults(handler=cmd_service_install)
+    su = s_sub.add_parser(
+        "uninstall", help="disable and remove vmm.service (running VMs keep running)"
+    )
+    su.add_argument("--unit-dir", metavar="DIR", help="default /etc/systemd/system")
+    su.set_defaults(handler=cmd_service_uninstall)
+    st = s_sub.add_parser(
+        "status", help="whether vmm.service is installed, current, enabled, active"
+    )
+    st.add_argument("--unit-dir", metavar="DIR", help="default /etc/systemd/system")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(handler=cmd_service_status)
+    s.set_defaults(handler=help_of(s))
+
+
+def _add_autostart(sub: SubParsers) -> None:
+    # Bare ``vmm autostart`` is the boot action (hidden); ``enable|disable NAME`` is for users.
+    a = sub.add_parser(
+        "autostart",
+        description="'vmm autostart enable|disable NAME' flags a VM to start when the host boots "
+        "(with vmm.service installed: 'vmm service install'). Bare 'vmm autostart' is what the "
+        "service runs at boot: it starts the VMs selected by the config's autostart_policy.",
+    )
+    a_sub = a.add_subparsers(title="commands", metavar="COMMAND")
+    for verb, on in (("enable", True), ("disable", False)):
+        v = a_sub.add_parser(verb, help=f"{verb} starting VM NAME at boot")
+        v.add_argument("name")
+        v.set_defaults(handler=cmd_autostart_flag, enabled=on)
+    a.set_defaults(handler=cmd_autostart)
+
+
+def _add_autostop(sub: SubParsers) -> None:
+    a = sub.add_parser("autostop", description="stop every running VM gracefully, in parallel")
+    a.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="graceful wait per VM (default 30)"
+    )
+    a.set_defaults(handler=cmd_autostop)
+
+
+def _add_doctor(sub: SubParsers) -> None:
+    d = sub.add_parser("doctor", help="check the host for what vmm needs; find and clean leftovers")
+    d.add_argument("--json", action="store_true")
+    d.add_argument(
+        "--fix", action="store_true", help="remove orphaned TAPs, stale sockets, leftover files"
+    )
+    d.set_defaults(handler=cmd_doctor)
+
+
+def _add_logs(sub: SubParsers) -> None:
+    lg = sub.add_parser("logs", help="a VM's console log")
+    lg.add_argument("name")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing what the VM writes")
+    lg.add_argument("-n", "--lines", type=positive_int, metavar="N", help="only the last N lines")
+    lg.set_defaults(handler=cmd_logs)
+
+
+def _add_console(sub: SubParsers) -> None:
+    c = sub.add_parser("console", help="attach to a VM's serial console (QEMU; Ctrl-] detaches)")
+    c.add_argument("name")
+    c.set_defaults(handler=cmd_console)
+
+
+def _add_completion(sub: SubParsers) -> None:
+    c = sub.add_parser("completion", help="print a shell completion script (bash, zsh, fish)")
+    c.add_argument("shell", choices=("bash", "zsh", "fish"))
+    c.set_defaults(handler=cmd_completion)
+
+
+def _add_complete(sub: SubParsers) -> None:
+    c = sub.add_parser("__complete")
+    c.add_argument("kind", choices=("vms", "images", "kernels", "commands"))
+    c.set_defaults(handler=cmd_complete)
+
+
+# -- service ----------------------------------------------------------------------------------
+
+
+def _service(args: argparse.Namespace) -> Service:
+    from pathlib import Path
+
+    from vmm.host.systemd import UNIT_DIR, Service
+
+    return Service(unit_dir=Path(args.unit_dir) if args.unit_dir else UNIT_DIR)
+
+
+def cmd_service_install(args: argparse.Namespace) -> int:
+    from vmm.host.systemd import default_spec, render_unit
+
+    load_config()  # a unit that runs vmm with a broken config would fail at every boot
+    vmm_bin = os.path.abspath(args.vmm) if args.vmm else None
+    text = render_unit(default_spec(vmm_bin))
+    if args.print_only:
+        print(text, end="")
+        return 0
+    if not args.unit_dir:
+        require_root()
+    svc = _service(args)
+    for line in svc.install(text, enable=args.enable):
+        print(line)
+    return 0
+
+
+def cmd_service_uninstall(args: argparse.Namespace) -> int:
+    if not args.unit_dir:
+        require_root()
+    svc = _service(args)
+    for line in svc.uninstall():
+        print(line)
+    return 0
+
+
+def cmd_service_status(args: argparse.Namespace) -> int:
+    from vmm.host.systemd import default_spec, render_unit
+
+    svc = _service(args)
+    try:
+        expected: str | None = render_unit(default_spec())
+    except VmmError:
+        expected = None
+    st = svc.status(expected)
+    if args.json:
+        print_json(st.to_dict())
+        return 0 if st.installed else 1
+    if not st.installed:
+        print(
+            f"vmm.service: not installed ({st.unit_path}); install it with: sudo vmm service install"
+        )
+        return 1
+    print(
+        f"vmm.service: installed ({st.unit_path})"
+        + ("" if st.up_to_date else ", differs from 'vmm service install --print'")
+    )
+    print(f"enabled: {'yes' if st.enabled else 'no'}")
+    print(f"active: {st.active if st.active is not None else 'unknown (systemd is not running)'}")
+    return 0
+
+
+# -- autostart / autostop ------------------------------------------------------------------------
+
+
+def _printer() -> Callable[[Outcome], None]:
+    lock = threading.Lock()
+
+    def on_done(o: Outcome) -> None:
+        with lock:
+            print(o.line(), file=sys.stdout if o.ok else sys.stderr, flush=True)
+
+    return on_done
+
+
+def _summary(outcomes: list[Outcome], verb: str) -> int:
+    failed = [o.name for o in outcomes if not o.ok]
+    if not outcomes:
+        print(f"no VMs to {verb}")
+    if failed:
+        print(f"error: {len(failed)} VM(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_autostart(args: argparse.Namespace) -> int:
+    require_root()
+    from vmm import autostart
+
+    outcomes = autostart.autostart(manager(), on_done=_printer())
+    return _summary(outcomes, "start")
+
+
+def cmd_autostop(args: argparse.Namespace) -> int:
+    require_root()
+    from vmm import autostart
+
+    outcomes = autostart.autostop(manager(), timeout=args.timeout, on_done=_printer())
+    return _summary(outcomes, "stop")
+
+
+def cmd_autostart_flag(args: argparse.Namespace) -> int:
+    require_root()
+    from vmm import autostart
+
+    m = manager()
+    vm = autostart.set_flag(m, args.name, args.enabled)
+    state = "will start" if vm.autostart else "will not start"
+    print(f"VM {vm.name} {state} when the host boots")
+    if vm.autostart and m.config.autostart_policy != "flagged":
+        print(
+            f"note: autostart_policy is {m.config.autostart_policy!r}: the flag is used only with 'flagged'",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# -- doctor ---------------------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from vmm.config import Config, config_path
+    from vmm.errors import ConfigError
+    from vmm.host import doctor
+
+    error = None
+    try:
+        cfg = load_config()
+    except ConfigError as exc:  # reported as a check; the rest runs with the defaults
+        error = exc.brief
+        cfg = Config(path=config_path())
+        if os.environ.get("VMM_DATA_DIR"):
+            cfg.data_dir = os.environ["VMM_DATA_DIR"]
+    probes = doctor.Probes()
+    checks = doctor.run_checks(cfg, error, probes)
+    fixed: list[str] = []
+    if args.fix and any(c.leftovers for c in checks):
+        require_root()
+        fixed = doctor.fix(checks, probes.runner)
+        checks = doctor.run_checks(cfg, error, probes)
+    ok = doctor.healthy(checks)
+    if args.json:
+        print_json({"healthy": ok, "checks": [c.to_json() for c in checks], "fixed": fixed})
+        return 0 if ok else 1
+    labels = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    width = max(len(c.name) for c in checks)
+    for line in fixed:
+        print(f"fixed: {line}")
+    for c in checks:
+        print(f"{labels[c.status]}  {c.name:<{width}}  {c.message}")
+        if c.status != "ok" and c.hint:
+            print(f"      {'':<{width}}  hint: {c.hint}")
+    fails = sum(c.status == "fail" for c in checks)
+    warns = sum(c.status == "warn" for c in checks)
+    print(f"{'healthy' if ok else 'NOT healthy'}: {fails} failed, {warns} warning(s)")
+    return 0 if ok else 1
+
+
+# -- logs and console --------------------------------------------------------------------------
+
+
+def _console_log(name: str) -> Path:
+    from vmm.models import validate_name
+    from vmm.store import Store
+
+    validate_name(name)
+    store = Store(load_config().data_path)
+    if not store.exists(name):
+        raise NotFoundError(
+            f"VM {name!r} does not exist", hint="see 'vmm list -a' for the VMs there are"
+        )
+    path = store.run_paths(name).console_log
+    if not path.exists():
+        raise NotFoundError(
+            f"VM {name!r} has no console log yet: it has never been started",
+            hint=f"start it with 'vmm start {name}'",
+        )
+    return path
+
+
+def _last_lines(data: bytes, n: int) -> bytes:
+    lines = data.splitlines(keepends=True)
+    return b"".join(lines[-n:])
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import time
+
+    path = _console_log(args.name)
+    out = sys.stdout.buffer
+    with path.open("rb") as f:
+        if args.lines is not None:
+            size = f.seek(0, os.SEEK_END)
+            chunk = 64 * 1024
+            while True:  # read back far enough for N lines
+                start = max(0, size - chunk)
+                f.seek(start)
+                data = f.read()
+                if start == 0 or data.count(b"\n") > args.lines:
+                    break
+                chunk *= 4
+            out.write(_last_lines(data, args.lines))
+        else:
+            while data := f.read(1024 * 1024):
+                out.write(data)
+        out.flush()
+        if not args.follow:
+            return 0
+        try:
+            while True:
+                data = f.read(65536)
+                if data:
+                    out.write(data)
+                    out.flush()
+                    continue
+                try:
+                    if os.stat(path).st_size < f.tell():  # truncated: a new start rewrote it
+                        f.seek(0)
+                        continue
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    import socket
+
+    m = manager()
+    vm = m.get(args.name)
+    paths = m.store.run_paths(vm.name)
+    if not m.view(vm).alive:
+        raise ConflictError(
+            f"VM {vm.name!r} is not running", hint=f"'vmm logs {vm.name}' shows its console log"
+        )
+    if vm.engine != "qemu":
+        raise VmmError(
+            f"VM {vm.name!r} runs on {vm.engine}, whose serial console cannot be attached to: "
+            "its output goes to the console log",
+            hint=f"follow it with 'vmm logs -f {vm.name}'; log in with 'vmm ssh {vm.name}'",
+        )
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(paths.console_socket))
+    except OSError as exc:
+        sock.close()
+        raise VmmError(
+            f"cannot attach to {paths.console_socket}: {exc.strerror or exc}",
+            hint="another 'vmm console' may be attached (QEMU takes one client at a time)",
+        ) from None
+    tty = os.isatty(sys.stdin.fileno())
+    if tty:
+        print(f"Attached to {vm.name}'s console; Ctrl-] detaches.\r", file=sys.stderr, flush=True)
+    try:
+        relay(sock, sys.stdin.fileno(), sys.stdout.fileno(), raw=tty)
+    finally:
+        sock.close()
+    if tty:
+        print("\r\ndetached", file=sys.stderr)
+    return 0
+
+
+def relay(sock: object, in_fd: int, out_fd: int, *, raw: bool, drain: float = 0.5) -> None:
+    """Copy between the console socket and the terminal until Ctrl-], EOF or the VM exits.
+
+    With a terminal, it is put in raw mode (so Ctrl-C reaches the guest) and restored after.
+    Without one (a pipe), input EOF ends the session once the guest is quiet for ``drain`` s.
+    """
+    import select
+    import socket
+    import termios
+    import tty
+
+    assert isinstance(sock, socket.socket)
+    saved = termios.tcgetattr(in_fd) if raw else None
+    if raw:
+        tty.setraw(in_fd)
+    try:
+        inputs = [sock.fileno(), in_fd]
+        while True:
+            ready, _, _ = select.select(inputs, [], [], None if in_fd in inputs else drain)
+            if not ready:
+                return  # input closed and the guest is quiet
+            if sock.fileno() in ready:
+                data = sock.recv(65536)
+                if not data:
+                    return  # the VM went away
+                os.write(out_fd, data)
+            if in_fd in ready:
+                data = os.read(in_fd, 4096)
+                if not data:
+                    inputs.remove(in_fd)
+                    continue
+                if DETACH in data:
+                    sock.sendall(data[: data.index(DETACH)])
+                    return
+                sock.sendall(data)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+
+
+# -- completion ------------------------------------------------------------------------------------
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from vmm.cli.completion import script
+
+    print(script(args.shell), end="")
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from vmm.cli.completion import names
+
+    for n in names(args.kind, load_config().data_path):
+        print(n)
+    return 0
+
+
+COMMANDS = {
+    "service": _add_service,
+    "autostart": _add_autostart,
+    "autostop": _add_autostop,
+    "doctor": _add_doctor,
+    "logs": _add_logs,
+    "console": _add_console,
+    "completion": _add_completion,
+    "__complete": _add_complete,
+}

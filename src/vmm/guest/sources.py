@@ -1,0 +1,453 @@
+"""Where a rootfs image comes from: a directory, a tarball, a squashfs, an OCI/Docker image.
+
+Every source becomes a directory tree in a staging directory (a directory source is used in
+place), then an ext4 image with ``mkfs.ext4 -d`` — no loop mounts. Archives are extracted by
+vmm itself, member by member, after checking every member first: absolute names, ``..``
+components, hard links outside the tree, symbolic links whose relative target leaves the tree,
+and writing *through* a symbolic link (a member under a path that is a link) are refused, so
+nothing is ever written outside the target directory. OCI layers are applied in order with
+their whiteouts (``.wh.<name>`` deletes ``<name>``, ``.wh..wh..opq`` empties the directory).
+
+Sources, as ``vmm image import SOURCE`` takes them::
+
+    DIR                         a root filesystem tree
+    FILE.ext4                   an ext4 image (copied as it is)
+    FILE.tar[.gz|.xz|.bz2|.zst] a rootfs tarball (also .tgz, .tzst)
+    FILE.squashfs / .sqfs       unsquashfs, then mkfs.ext4 -d
+    oci:DIR[:REF]               an OCI image layout directory
+    oci-archive:FILE[:REF]      the same, as a tar file
+    docker-archive:FILE         the output of ``docker save``
+    NAME[:TAG]                  an image of the local Docker daemon (docker create + export)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmm.errors import ValidationError, VmmError
+from vmm.runner import Runner
+
+MiB = 1024 * 1024
+SCHEMES = ("oci", "oci-archive", "docker-archive", "docker")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tar.zst", ".tzst")
+SQUASHFS_SUFFIXES = (".squashfs", ".sqfs", ".sfs")
+DOCKER_REF_RE = re.compile(r"[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_.-]{1,128})?(@sha256:[0-9a-f]{64})?")
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # dir, ext4, tar, squashfs, oci, oci-archive, docker-archive, docker
+    location: str  # a path, or a Docker image reference
+    ref: str | None = None  # OCI: the image's ref name in the layout
+
+
+def parse_source(text: str) -> Source:
+    """What ``text`` names; files and directories must exist (checked here, before any work)."""
+    if not text:
+        raise ValidationError("no image source given")
+    scheme, sep, rest = text.partition(":")
+    if sep and "://" in text and scheme not in ("docker",):
+        raise ValidationError(
+            f"unknown image source scheme {scheme!r} in {text!r}",
+            hint="use a directory, a .tar[.gz|.zst] or .squashfs or .ext4 file, oci:DIR, "
+            "oci-archive:FILE, docker-archive:FILE, or a Docker image name",
+        )
+    if sep and scheme in SCHEMES:
+        if scheme == "docker":
+            return Source("docker", _check_docker_ref(rest.removeprefix("//"), text))
+        path, name = rest, ""
+        if scheme in ("oci", "oci-archive") and not os.path.exists(path) and ":" in rest:
+            path, _, name = rest.rpartition(":")
+        _check_exists(path, directory=scheme == "oci")
+        return Source(scheme, path, name or None)
+    if os.path.exists(text):
+        p = Path(text)
+        if p.is_dir():
+            return Source("dir", text)
+        if not p.is_file():
+            raise ValidationError(f"image source {text} is not a file or directory")
+        try:
+            with p.open("rb") as f:
+                head = f.read(2048)
+        except OSError as exc:
+            raise ValidationError(f"image source {text} is not readable: {exc.strerror}") from None
+        if len(head) >= 1082 and head[1080:1082] == b"\x53\xef":
+            return Source("ext4", text)
+        if head[:4] == b"hsqs" or text.endswith(SQUASHFS_SUFFIXES):
+            return Source("squashfs", text)
+        if text.endswith(TAR_SUFFIXES) or _looks_like_tar(head):
+            return Source("tar", text)
+        raise ValidationError(
+            f"{text} is not an ext4 image, a tarball or a squashfs",
+            hint="give an ext4 image, a rootfs tarball (.tar, .tar.gz, .tar.zst), a squashfs, "
+            "or a directory",
+        )
+    if sep and scheme and "/" not in scheme and not DOCKER_REF_RE.fullmatch(text):
+        raise ValidationError(
+            f"unknown image source scheme {scheme!r} in {text!r}",
+            hint="known schemes: oci:, oci-archive:, docker-archive:, docker://",
+        )
+    if "/" in text and (text.startswith(("/", ".", "~")) or not DOCKER_REF_RE.fullmatch(text)):
+        raise ValidationError(f"image source {text} does not exist")
+    if DOCKER_REF_RE.fullmatch(text):
+        return Source("docker", text)
+    raise ValidationError(f"image source {text} does not exist")
+
+
+def _check_docker_ref(ref: str, text: str) -> str:
+    if not DOCKER_REF_RE.fullmatch(ref):
+        raise ValidationError(f"invalid Docker image name in {text!r}")
+    return ref
+
+
+def _check_exists(path: str, *, directory: bool) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise ValidationError(f"image source {path} does not exist")
+    if directory and not p.is_dir():
+        raise ValidationError(f"oci:{path} is not a directory (an OCI image layout)")
+    if not directory and not p.is_file():
+        raise ValidationError(f"image source {path} is not a file")
+
+
+def _looks_like_tar(head: bytes) -> bool:
+    return (
+        head[257:262] == b"ustar"
+        or head[:3] == b"\x1f\x8b\x08"
+        or head[:4] == b"\x28\xb5\x2f\xfd"
+        or head[:6] == b"\xfd7zXZ\x00"
+    )
+
+
+# -- safe extraction --------------------------------------------------------------------
+
+
+def _member_path(name: str) -> str:
+    """A member's path relative to the target, or raise if it would leave the target."""
+    norm = name.replace("\\", "/")
+    if norm.startswith("/"):
+        raise ValidationError(f"archive member {name!r} has an absolute path; refusing to extract")
+    parts = [p for p in norm.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValidationError(f"archive member {name!r} contains '..'; refusing to extract")
+    return "/".join(parts)
+
+
+def check_members(members: list[tarfile.TarInfo]) -> None:
+    """Refuse the whole archive if any member could write outside the target."""
+    for m in members:
+        rel = _member_path(m.name)
+        if m.islnk():
+            _member_path(m.linkname)
+        elif m.issym():
+            target = m.linkname
+            if not target.startswith("/"):
+                joined = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+                if joined == ".." or joined.startswith("../"):
+                    raise ValidationError(
+                        f"archive member {m.name!r} is a link to {target!r}, outside the tree; "
+                        "refusing to extract"
+                    )
+
+
+def _no_links_above(root: Path, rel: str) -> Path:
+    """``root/rel``, after checking that no directory on the way is a symbolic link."""
+    cur = root
+    parts = rel.split("/") if rel else []
+    for part in parts[:-1]:
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            cur.mkdir(mode=0o755)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise ValidationError(
+                f"archive member {rel!r} would be written through the symbolic link "
+                f"{cur.relative_to(root)}; refusing to extract"
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            cur.unlink()
+            cur.mkdir(mode=0o755)
+    return root / rel if rel else root
+
+
+def _remove(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def extract_tar(path: Path, dest: Path, *, layer: bool = False) -> None:
+    """Extract a tar (gzip, xz, bzip2 or none) into ``dest``, after checking every member.
+
+    ``layer``: an OCI/Docker layer — apply whiteouts and replace what lower layers put there.
+    """
+    try:
+        with tarfile.open(str(path), mode="r:*") as tf:
+            members = tf.getmembers()
+            check_members(members)
+            dirs: list[tuple[Path, tarfile.TarInfo]] = []
+            if layer:  # opaque directories first: they hide the lower layers' contents only
+                for m in members:
+                    rel = _member_path(m.name)
+                    if posixpath.basename(rel) == OPAQUE:
+                        d = _no_links_above(dest, posixpath.dirname(rel) + "/x").parent
+                        if d.is_dir():
+                            for child in list(d.iterdir()):
+                                _remove(child)
+            for m in members:
+                rel = _member_path(m.name)
+                base = posixpath.basename(rel)
+                if layer and base.startswith(WHITEOUT):
+                    if base != OPAQUE:
+                        gone = posixpath.join(posixpath.dirname(rel), base[len(WHITEOUT):])
+                        _remove(_no_links_above(dest, gone))
+                    continue
+                if not rel:
+                    continue
+                target = _no_links_above(dest, rel)
+                if m.isdir():
+                    if target.exists() and not target.is_dir() or target.is_symlink():
+                        _remove(target)
+                    target.mkdir(mode=0o755, exist_ok=True)
+                    dirs.append((target, m))
+                    continue
+                _remove(target)
+                if m.islnk():
+                    src = _no_links_above(dest, _member_path(m.linkname))
+                    os.link(src, target)
+                    continue
+                m.name = rel
+                tf.extract(m, path=str(dest), set_attrs=True, numeric_owner=True)
+            for d, m in reversed(dirs):  # directory modes and times last (children are done)
+                with contextlib.suppress(OSError):
+                    os.chown(d, m.uid, m.gid)
+                    os.chmod(d, m.mode & 0o7777)
+                    os.utime(d, (m.mtime, m.mtime))
+    except tarfile.TarError as exc:
+        raise ValidationError(f"cannot read archive {path}: {exc}") from None
+
+
+# -- sources → a tree -------------------------------------------------------------------
+
+
+class Staged:
+    """A tree to build an image from; ``cleanup`` removes what vmm made for it."""
+
+    def __init__(self, tree: Path, temp: Path | None):
+        self.tree = tree
+        self.temp = temp
+
+    def cleanup(self) -> None:
+        if self.temp is not None:
+            shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def stage(runner: Runner, source: Source, scratch: Path) -> Staged:
+    """The source as a directory tree (in a temp dir under ``scratch`` unless it is one)."""
+    if source.kind == "dir":
+        return Staged(Path(source.location), None)
+    scratch.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=".import-", dir=scratch))
+    tree = temp / "rootfs"
+    tree.mkdir()
+    try:
+        if source.kind == "tar":
+            extract_tarball(runner, Path(source.location), tree, temp)
+        elif source.kind == "squashfs":
+            tree.rmdir()
+            runner.run(
+                ["unsquashfs", "-no-progress", "-d", str(tree), source.location],
+                timeout=3600,
+                hint="apt-get install squashfs-tools",
+            )
+        elif source.kind == "oci":
+            apply_oci_layout(Path(source.location), source.ref, tree)
+        elif source.kind == "oci-archive":
+            layout = temp / "layout"
+            layout.mkdir()
+            extract_tar(Path(source.location), layout)
+            apply_oci_layout(layout, source.ref, tree)
+        elif source.kind == "docker-archive":
+            archive = temp / "archive"
+            archive.mkdir()
+            extract_tar(Path(source.location), archive)
+            apply_docker_archive(archive, tree)
+        elif source.kind == "docker":
+            export_from_daemon(runner, source.location, tree, temp)
+        else:
+            raise ValidationError(f"unknown image source kind {source.kind!r}")
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return Staged(tree, temp)
+
+
+def extract_tarball(runner: Runner, path: Path, tree: Path, temp: Path) -> None:
+    with path.open("rb") as f:
+        zstd = f.read(4) == b"\x28\xb5\x2f\xfd"
+    if zstd:  # tarfile in Python 3.11 has no zstd
+        plain = temp / "rootfs.tar"
+        runner.run(
+            ["zstd", "-d", "-q", "-f", str(path), "-o", str(plain)],
+            timeout=3600,
+            hint="apt-get install zstd",
+        )
+        path = plain
+    extract_tar(path, tree)
+    if path.parent == temp:
+        path.unlink()
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    algo, _, hexd = digest.partition(":")
+    if algo != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexd):
+        raise ValidationError(f"OCI layout {layout}: unsupported digest {digest!r}")
+    p = layout / "blobs" / algo / hexd
+    if not p.is_file():
+        raise ValidationError(f"OCI layout {layout}: blob {digest} is missing")
+    return p
+
+
+def _json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _platform_ok(desc: dict[str, Any]) -> bool:
+    plat = desc.get("platform") or {}
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    return not plat or (plat.get("os") in (None, "linux") and plat.get("architecture") in (None, arch))
+
+
+def oci_layers(layout: Path, ref: str | None) -> list[Path]:
+    """The layer blobs of the image ``ref`` (or the only/first image) in an OCI layout."""
+    if not (layout / "oci-layout").is_file() or not (layout / "index.json").is_file():
+        raise ValidationError(f"{layout} is not an OCI image layout (no oci-layout / index.json)")
+    index = _json(layout / "index.json", "OCI index")
+    manifests = index.get("manifests") or []
+    if ref is not None:
+        manifests = [
+            m for m in manifests
+            if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == ref
+        ]
+        if not manifests:
+            raise ValidationError(f"OCI layout {layout} has no image named {ref!r}")
+    for _depth in range(4):
+        candidates = [m for m in manifests if _platform_ok(m)]
+        if not candidates:
+            raise ValidationError(f"OCI layout {layout} has no image for this platform")
+        desc = candidates[0]
+        doc = _json(_blob(layout, desc["digest"]), "OCI manifest")
+        if "layers" in doc:
+            return [_blob(layout, layer["digest"]) for layer in doc["layers"]]
+        manifests = doc.get("manifests") or []  # an index: one level down
+    raise ValidationError(f"OCI layout {layout}: nested indexes too deep")
+
+
+def apply_layers(layers: list[Path], tree: Path) -> None:
+    for layer in layers:
+        extract_tar(layer, tree, layer=True)
+
+
+def apply_oci_layout(layout: Path, ref: str | None, tree: Path) -> None:
+    apply_layers(oci_layers(layout, ref), tree)
+
+
+def apply_docker_archive(archive: Path, tree: Path) -> None:
+    """``docker save`` output: manifest.json lists each image's layer tars in order."""
+    manifest = archive / "manifest.json"
+    if not manifest.is_file():
+        if (archive / "oci-layout").is_file():
+            apply_oci_layout(archive, None, tree)
+            return
+        raise ValidationError("not a docker-archive (no manifest.json): make it with 'docker save'")
+    entries = _json(manifest, "docker-archive manifest")
+    if not isinstance(entries, list) or not entries:
+        raise ValidationError("docker-archive manifest.json lists no image")
+    layers = []
+    for name in entries[0].get("Layers") or []:
+        p = archive / _member_path(name)
+        if not p.is_file():
+            raise ValidationError(f"docker-archive: layer {name} is missing")
+        layers.append(p)
+    apply_layers(layers, tree)
+
+
+def export_from_daemon(runner: Runner, ref: str, tree: Path, temp: Path) -> None:
+    """A container's filesystem from the local Docker daemon (create, export, remove)."""
+    hint = "start the Docker daemon, or save the image elsewhere ('docker save IMAGE -o FILE') and use docker-archive:FILE"
+    if runner.which("docker") is None:
+        raise VmmError(f"{ref!r} looks like a Docker image name, but docker is not installed", hint=hint)
+    info = runner.run(["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30)
+    if info.returncode != 0:
+        raise VmmError(f"cannot import Docker image {ref!r}: no Docker daemon is reachable", hint=hint)
+    cid = runner.run(["docker", "create", ref], timeout=1800).stdout.strip()
+    try:
+        out = temp / "export.tar"
+        runner.run(["docker", "export", "-o", str(out), cid], timeout=3600)
+        extract_tar(out, tree)
+        out.unlink()
+    finally:
+        runner.run(["docker", "rm", "-f", cid], check=False, timeout=60)
+
+
+# -- checks and sizing ------------------------------------------------------------------
+
+
+def missing_guest_parts(tree: Path) -> list[str]:
+    """What a vmm guest needs and the tree lacks: systemd as init, sshd."""
+    def exists(rel: str) -> bool:
+        p = tree / rel
+        return os.path.lexists(p)
+
+    missing = []
+    if not any(exists(p) for p in ("lib/systemd/systemd", "usr/lib/systemd/systemd")):
+        missing.append("systemd")
+    if not any(exists(p) for p in ("usr/sbin/sshd", "sbin/sshd")):
+        missing.append("openssh-server")
+    return missing
+
+
+def tree_bytes(tree: Path) -> tuple[int, int]:
+    """(bytes in 4 KiB blocks, number of entries) of a tree."""
+    total = 0
+    entries = 0
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames + filenames:
+            entries += 1
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += -(-st.st_size // 4096) * 4096
+            elif stat.S_ISDIR(st.st_mode):
+                total += 4096
+    return total, entries
+
+
+def default_size(used: int) -> int:
+    """Room for the tree plus 25% and 128 MiB (the VM's disk is grown to --disk at its start)."""
+    return max(256 * MiB, -(-(used * 5 // 4 + 128 * MiB) // MiB) * MiB)

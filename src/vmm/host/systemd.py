@@ -1,0 +1,214 @@
+"""The ``vmm.service`` systemd unit: built by a pure function, installed by a thin applier.
+
+The unit is a oneshot that stays "active" after ``vmm autostart`` (``RemainAfterExit=yes``), so
+that at shutdown systemd runs ``ExecStop=vmm autostop`` — the graceful path (Ctrl-Alt-Del or
+the ACPI power button, then SIGTERM, then SIGKILL) — *before* its own SIGTERM reaches the VM
+processes in the unit's cgroup: SIGTERM to Firecracker is an immediate kill with no guest
+flush. ``TimeoutStopSec`` therefore covers one VM's whole escalation (VMs stop in parallel)
+plus a margin.
+
+The service runs as root without the installing user's environment, so the config path (and
+``VMM_DATA_DIR``) in effect at install time are written into the unit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from vmm.errors import PermissionDenied, VmmError
+from vmm.record import FrozenRecord
+from vmm.runner import Runner
+
+UNIT_NAME = "vmm.service"
+UNIT_DIR = Path("/etc/systemd/system")
+WANTED_BY = "multi-user.target"
+# Per VM: the graceful wait, then SIGTERM (5 s), then SIGKILL (5 s), then QEMU's settle.
+GRACEFUL_STOP_S = 30
+ESCALATION_S = 15
+STOP_MARGIN_S = 45
+START_TIMEOUT_S = 600  # first starts copy and grow disk images
+
+
+class UnitSpec(FrozenRecord):
+    vmm_bin: str
+    environment: tuple[tuple[str, str], ...] = ()
+    stop_timeout_s: int = GRACEFUL_STOP_S
+
+
+def quote(word: str) -> str:
+    """One word for a unit file: ``%`` doubled (specifiers), quoted when it needs to be."""
+    word = word.replace("%", "%%")
+    if word and not any(c in word for c in " \t\"'\\;$"):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def timeout_stop_s(stop_timeout_s: int) -> int:
+    return stop_timeout_s + ESCALATION_S + STOP_MARGIN_S
+
+
+def render_unit(spec: UnitSpec) -> str:
+    """The text of ``vmm.service`` for ``spec``. Pure."""
+    if not os.path.isabs(spec.vmm_bin):
+        raise VmmError(f"the vmm binary must be an absolute path, got {spec.vmm_bin!r}")
+    vmm = quote(spec.vmm_bin)
+    lines = [
+        "# Installed by 'vmm service install'. Starts VMs at boot, stops them gracefully at",
+        "# shutdown. Edit the config (autostart_policy), not this file.",
+        "[Unit]",
+        "Description=vmm microVMs (autostart at boot, graceful stop at shutdown)",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+    ]
+    lines += [f"Environment={quote(f'{k}={v}')}" for k, v in spec.environment]
+    lines += [
+        f"ExecStart={vmm} autostart",
+        f"ExecStop={vmm} autostop --timeout {spec.stop_timeout_s}",
+        f"TimeoutStartSec={START_TIMEOUT_S}",
+        f"TimeoutStopSec={timeout_stop_s(spec.stop_timeout_s)}",
+        "",
+        "[Install]",
+        f"WantedBy={WANTED_BY}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def default_spec(vmm_bin: str | None = None) -> UnitSpec:
+    """The unit for this vmm: its own executable and the config/data dir now in effect."""
+    from vmm.config import config_path
+
+    env = [("VMM_CONFIG", str(config_path()))]
+    if os.environ.get("VMM_DATA_DIR"):
+        env.append(("VMM_DATA_DIR", os.environ["VMM_DATA_DIR"]))
+    return UnitSpec(vmm_bin=vmm_bin or find_vmm_bin(), environment=tuple(env))
+
+
+def find_vmm_bin() -> str:
+    """The installed ``vmm`` executable (absolute): the running one, else the one on PATH."""
+    import sys
+
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "vmm" and os.path.isfile(argv0):
+        return os.path.abspath(argv0)
+    beside = Path(sys.executable).parent / "vmm"  # the venv's console script
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("vmm")
+    if found:
+        return os.path.abspath(found)
+    raise VmmError("cannot find the vmm executable", hint="pass --vmm PATH")
+
+
+def systemd_running(run_dir: Path = Path("/run/systemd/system")) -> bool:
+    """Whether systemd is PID 1 (the test sd_booted(3) does)."""
+    return run_dir.is_dir()
+
+
+class ServiceStatus(FrozenRecord):
+    unit_path: str
+    installed: bool
+    up_to_date: bool
+    enabled: bool
+    active: str | None  # systemctl is-active, or None without systemd
+
+
+class Service:
+    """Install, remove and query ``vmm.service``; ``systemctl`` only when systemd runs."""
+
+    def __init__(
+        self,
+        *,
+        unit_dir: Path = UNIT_DIR,
+        runner: Runner | None = None,
+        systemd: bool | None = None,
+    ):
+        self.unit_dir = unit_dir
+        self.runner = runner or Runner()
+        self.systemd = systemd_running() if systemd is None else systemd
+
+    @property
+    def unit_path(self) -> Path:
+        return self.unit_dir / UNIT_NAME
+
+    @property
+    def wants_link(self) -> Path:
+        return self.unit_dir / f"{WANTED_BY}.wants" / UNIT_NAME
+
+    def _systemctl(self, *args: str, check: bool = True) -> str:
+        return self.runner.run(
+            ["systemctl", *args], check=check, timeout=60, hint="apt-get install systemd"
+        ).stdout.strip()
+
+    def install(self, text: str, *, enable: bool = True) -> list[str]:
+        """Write the unit (atomically) and enable it; returns what was done, one line each."""
+        from vmm.store import write_atomic
+
+        done = []
+        try:
+            self.unit_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.unit_path, text.encode())
+        except PermissionError:
+            raise PermissionDenied(
+                f"cannot write {self.unit_path}: permission denied", hint="run it with sudo"
+            ) from None
+        done.append(f"wrote {self.unit_path}")
+        if not enable:
+            return done
+        if self.systemd:
+            self._systemctl("daemon-reload")
+            self._systemctl("enable", UNIT_NAME)
+            done.append(f"enabled {UNIT_NAME} (starts at the next boot; now: systemctl start vmm)")
+        else:
+            done.append(
+                "systemd is not running (not PID 1): skipped 'systemctl enable'; on a systemd "
+                f"host run: systemctl daemon-reload && systemctl enable {UNIT_NAME}"
+            )
+        return done
+
+    def uninstall(self) -> list[str]:
+        """Disable and remove the unit. Does not stop it (that would stop every VM)."""
+        done = []
+        if self.systemd and self.unit_path.exists():
+            self._systemctl("disable", UNIT_NAME, check=False)
+            done.append(f"disabled {UNIT_NAME}")
+        elif self.wants_link.is_symlink():
+            self.wants_link.unlink()
+            done.append(f"removed {self.wants_link}")
+        if self.unit_path.exists():
+            try:
+                self.unit_path.unlink()
+            except PermissionError:
+                raise PermissionDenied(
+                    f"cannot remove {self.unit_path}: permission denied", hint="run it with sudo"
+                ) from None
+            done.append(f"removed {self.unit_path}")
+            if self.systemd:
+                self._systemctl("daemon-reload", check=False)
+        else:
+            done.append(f"{self.unit_path} is not installed")
+        return done
+
+    def status(self, expected: str | None = None) -> ServiceStatus:
+        try:
+            text: str | None = self.unit_path.read_text()
+        except FileNotFoundError:
+            text = None
+        enabled = self.wants_link.exists()
+        active = None
+        if self.systemd and text is not None:
+            active = self._systemctl("is-active", UNIT_NAME, check=False) or "unknown"
+            enabled = self._systemctl("is-enabled", UNIT_NAME, check=False) == "enabled"
+        return ServiceStatus(
+            unit_path=str(self.unit_path),
+            installed=text is not None,
+            up_to_date=text is not None and (expected is None or text == expected),
+            enabled=enabled,
+            active=active,
+        )

@@ -285,6 +285,8 @@ class Manager:
         vm.last_error = str(exc) or type(exc).__name__
         with contextlib.suppress(Exception):
             self.store.save(vm)
+        with contextlib.suppress(Exception):
+            self.rebuild_network_rules()  # withdraw this VM's port forwards again
         if isinstance(exc, VmmError) and not exc.details:
             console = log_tail(paths.console_log)
             if console:

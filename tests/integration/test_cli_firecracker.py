@@ -92,6 +92,7 @@ def test_escalation_when_guest_ignores_ctrl_alt_del(fc: VmmEnv, netns: NetNS) ->
 
 
 def test_failed_start_leaves_nothing(fc: VmmEnv, netns: NetNS) -> None:
+    fc.run("port-forward", "fc1", "18080:80", ns=netns, check=True)  # stored: the VM is stopped
     env = fc.env() | {"FAKE_FC_CRASH_AT_STARTUP": "1"}
     start = subprocess.run(["ip", "netns", "exec", netns.name, *fc_argv("start", "fc1", "--no-wait")],
                            env=env, capture_output=True, text=True)
@@ -101,6 +102,7 @@ def test_failed_start_leaves_nothing(fc: VmmEnv, netns: NetNS) -> None:
     assert vm["state"] == "error" and vm["last_error"]
     assert not any(str(link["ifname"]).startswith("vmm-") and link["ifname"] != "vmm-br0" for link in links(netns))
     assert netns.pids() == []
+    assert "18080" not in netns.run(["nft", "list", "ruleset"]).stdout  # its forward withdrawn
     # and the next start works
     fc.run("start", "fc1", "--no-wait", ns=netns, check=True)
     fc.run("delete", "-f", "fc1", ns=netns, check=True)

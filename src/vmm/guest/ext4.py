@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmm.errors import CommandError, ValidationError, VmmError
-from vmm.runner import Runner
+from vmm.runner import Result, Runner
 
 MiB = 1024 * 1024
 
@@ -109,8 +109,27 @@ def check_guest_path(path: str) -> None:
         raise ValidationError(f"invalid guest path {path!r}")
 
 
-def _debugfs_errors(stderr: str) -> list[str]:
+def debugfs_errors(stderr: str) -> list[str]:
+    """debugfs exits 0 whatever happens: every stderr line but its banner is an error."""
     return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("debugfs ")]
+
+
+def run_debugfs(
+    runner: Runner, image: Path, commands: str, *, write: bool, timeout: float = 120
+) -> Result:
+    """Run a debugfs command script against ``image`` (read-only unless ``write``)."""
+    with tempfile.NamedTemporaryFile("w", prefix="vmm-debugfs-", suffix=".cmd") as f:
+        f.write(commands)
+        f.flush()
+        argv = ["debugfs", *(["-w"] if write else []), "-f", f.name, str(image)]
+        return runner.run(argv, timeout=timeout)
+
+
+def run_debugfs_checked(runner: Runner, image: Path, commands: str, *, what: str) -> None:
+    """A writing debugfs script whose every command must succeed (stderr is its error channel)."""
+    errors = debugfs_errors(run_debugfs(runner, image, commands, write=True).stderr)
+    if errors:
+        raise VmmError(f"could not {what} in {image}: {errors[0]}", details="\n".join(errors))
 
 
 def existing_paths(runner: Runner, image: Path, paths: list[str]) -> set[str]:
@@ -119,10 +138,7 @@ def existing_paths(runner: Runner, image: Path, paths: list[str]) -> set[str]:
         return set()
     for p in paths:
         check_guest_path(p)
-    with tempfile.NamedTemporaryFile("w", prefix="vmm-debugfs-", suffix=".cmd") as f:
-        f.write("".join(f"stat {p}\n" for p in paths))
-        f.flush()
-        result = runner.run(["debugfs", "-f", f.name, str(image)], timeout=120)
+    result = run_debugfs(runner, image, "".join(f"stat {p}\n" for p in paths), write=False)
     missing = set()
     for line in result.stderr.splitlines():
         m = _NOT_FOUND.match(line)
@@ -144,24 +160,13 @@ def write_files(runner: Runner, image: Path, files: list[GuestFile]) -> None:
             with open(local, "wb") as out:
                 out.write(f.content)
             names.append(local)
-        script = os.path.join(tmp, "script")
-        with open(script, "w") as out:
-            out.write(debugfs_script(files, names, existing))
-        result = runner.run(["debugfs", "-w", "-f", script, str(image)], timeout=120)
-    errors = _debugfs_errors(result.stderr)
-    if errors:
-        raise VmmError(f"could not write files into {image}: {errors[0]}", details="\n".join(errors))
+        script = debugfs_script(files, names, existing)
+        run_debugfs_checked(runner, image, script, what="write files")
 
 
 def set_dir_mode(runner: Runner, image: Path, path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
     cmds = f"sif {path} mode 0{0o040000 | mode:o}\nsif {path} uid {uid}\nsif {path} gid {gid}\n"
-    with tempfile.NamedTemporaryFile("w", prefix="vmm-debugfs-", suffix=".cmd") as f:
-        f.write(cmds)
-        f.flush()
-        result = runner.run(["debugfs", "-w", "-f", f.name, str(image)], timeout=60)
-    errors = _debugfs_errors(result.stderr)
-    if errors:
-        raise VmmError(f"could not set mode of {path} in {image}: {errors[0]}")
+    run_debugfs_checked(runner, image, cmds, what=f"set the mode of {path}")
 
 
 def path_exists(runner: Runner, image: Path, path: str) -> bool:

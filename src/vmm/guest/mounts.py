@@ -191,10 +191,6 @@ def merge_fstab(existing: str | None, mounts: list[Mount]) -> str | None:
     return None if text == (existing or "") else text
 
 
-def _debugfs_errors(stderr: str) -> list[str]:
-    return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("debugfs ")]
-
-
 def ensure_guest_dirs(runner: Runner, image: Path, dirs: list[str]) -> None:
     """Create the missing ones of ``dirs`` (and their parents) in the ext4 ``image``.
 
@@ -212,13 +208,7 @@ def ensure_guest_dirs(runner: Runner, image: Path, dirs: list[str]) -> None:
     if not missing:
         return
     script = "".join(f"mkdir {d}\nsif {d} mode 040755\n" for d in missing)
-    with tempfile.NamedTemporaryFile("w", prefix="vmm-debugfs-", suffix=".cmd") as f:
-        f.write(script)
-        f.flush()
-        result = runner.run(["debugfs", "-w", "-f", f.name, str(image)], timeout=120)
-    errors = _debugfs_errors(result.stderr)
-    if errors:
-        raise VmmError(f"could not create mount points in {image}: {errors[0]}")
+    ext4.run_debugfs_checked(runner, image, script, what="create mount points")
 
 
 def write_fstab(runner: Runner, rootfs: Path, mounts: list[Mount]) -> None:
@@ -331,7 +321,7 @@ def recover(runner: Runner, image: Path) -> None:
 def rdump(runner: Runner, image: Path, dest: Path) -> None:
     """Copy the image's whole tree into the existing directory ``dest`` (no mount)."""
     result = runner.run(["debugfs", "-R", f"rdump / {dest}", str(image)], timeout=1800)
-    errors = _debugfs_errors(result.stderr)
+    errors = ext4.debugfs_errors(result.stderr)
     if errors:
         raise VmmError(f"could not copy files out of {image}: {errors[0]}", details="\n".join(errors))
     lf = dest / "lost+found"

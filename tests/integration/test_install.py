@@ -632,3 +632,36 @@ def test_shellcheck_clean() -> None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
     proc = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_service_install_then_uninstall_purge(
+    installed: tuple[Path, Run, list[str]], tmp_path: Path
+) -> None:
+    """Last in the module: it removes the shared install."""
+    prefix, _, _ = installed
+    unit_dir = tmp_path / "units"
+    data = tmp_path / "data"
+    (data / "vms").mkdir(parents=True)
+    env = dict(os.environ, VMM_CONFIG=str(tmp_path / "config.json"), VMM_DATA_DIR=str(data))
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+    svc = subprocess.run(
+        [str(scripts / "install-service.sh"), "--prefix", str(prefix), "--unit-dir", str(unit_dir),
+         "--no-enable"],
+        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )
+    assert svc.returncode == 0, svc.stderr
+    unit = (unit_dir / "vmm.service").read_text()
+    assert f"ExecStart={prefix}/bin/vmm autostart" in unit
+    assert f"ExecStop={prefix}/bin/vmm autostop" in unit
+
+    gone = subprocess.run(
+        [str(scripts / "uninstall.sh"), "--prefix", str(prefix), "--unit-dir", str(unit_dir),
+         "--purge", "--yes"],
+        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )
+    assert gone.returncode == 0, gone.stderr
+    for p in ("bin/vmm", "bin/firecracker", "bin/jailer", "lib/vmm"):
+        assert not (prefix / p).exists(), p
+    assert not (unit_dir / "vmm.service").exists()
+    assert not data.exists()
+    assert "vmm is uninstalled" in gone.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,8 +103,13 @@ class ImageRegistry:
         size_mb: int | None = None,
         force: bool = False,
         as_is: bool = False,
+        label: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Image:
-        """Import any source (see ``vmm.guest.sources``) as image ``name``."""
+        """Import any source (see ``vmm.guest.sources``) as image ``name``.
+
+        ``label`` replaces the recorded source; ``extra`` is added to the metadata.
+        """
         from vmm.guest import sources
 
         validate_name(name, "image")
@@ -134,28 +139,7 @@ class ImageRegistry:
                         "'apt-get install systemd-sysv openssh-server iproute2 udev'), or "
                         "import it anyway with --as-is",
                     )
-            used, entries = sources.tree_bytes(staged.tree)
-            size = sources.default_size(used) if size_mb is None else size_mb * MiB
-            if size_mb is not None and used + entries * 256 > size:
-                raise ValidationError(
-                    f"{text} needs about {-(-used // MiB)} MB; --size {size_mb} MB is too small",
-                    hint=f"use --size {sources.default_size(used) // MiB} or more",
-                )
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            with tmp.open("wb") as f:
-                f.truncate(size)
-            argv = ["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(staged.tree), str(tmp)]
-            result = self.runner.run(argv, check=False, timeout=3600)
-            if result.returncode != 0:
-                if "Could not allocate" in result.stderr or "No space" in result.stderr:
-                    raise ValidationError(
-                        f"{text} does not fit in {size // MiB} MB",
-                        hint=f"use a larger --size (the tree has about {-(-used // MiB)} MB)",
-                    )
-                from vmm.errors import CommandError
-
-                raise CommandError(argv, result.returncode, result.stderr or result.stdout)
+            self._mkfs_tree(staged.tree, tmp, size_mb=size_mb, what=text)
             os.chmod(tmp, 0o644)
             os.replace(tmp, dest)
         finally:
@@ -163,11 +147,93 @@ class ImageRegistry:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         where = source.location if source.kind == "docker" else str(Path(source.location).resolve())
-        label = where if source.kind in ("dir", "tar", "squashfs") else f"{source.kind}:{where}"
+        where = where if source.kind in ("dir", "tar", "squashfs") else f"{source.kind}:{where}"
         if source.ref:
-            label += f":{source.ref}"
-        self.register(name, source=label, kind=source.kind)
+            where += f":{source.ref}"
+        self.register(name, source=label or where, kind=source.kind, extra=extra)
         return self.get(name)
+
+    def build_debootstrap(
+        self,
+        name: str,
+        suite: str,
+        *,
+        mirror: str | None = None,
+        packages: Sequence[str] = (),
+        size_mb: int | None = None,
+        force: bool = False,
+        progress: Callable[[str], None] | None = None,
+    ) -> Image:
+        """A vmm guest image from debootstrap (see ``vmm.guest.debootstrap``).
+
+        Built in a temp dir under the images dir; an interrupt or failure removes it (after
+        unmounting what debootstrap mounted) and registers nothing.
+        """
+        import tempfile
+        import time
+
+        from vmm.guest import debootstrap
+
+        validate_name(name, "image")
+        mirror = mirror or debootstrap.DEFAULT_MIRROR
+        debootstrap.check_inputs(suite, mirror, packages)
+        if size_mb is not None and size_mb < 16:
+            raise ValidationError(f"--size must be at least 16 MB, got {size_mb}")
+        dest = self.path_of(name)
+        if dest.exists() and not force:
+            raise ConflictError(f"image {name!r} already exists", hint="use -f to replace it")
+        say = progress or (lambda _line: None)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        work = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=self.dir))
+        tmp = self.dir / f".{name}.importing"
+        try:
+            tree = work / "rootfs"
+            pkgs = debootstrap.build_tree(
+                self.runner, suite, tree, mirror=mirror, packages=packages, progress=say
+            )
+            say("mkfs.ext4 -d (the tree becomes the image)")
+            self._mkfs_tree(tree, tmp, size_mb=size_mb, what=f"debootstrap {suite}")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        finally:
+            debootstrap.remove_tree(self.runner, work)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self.register(
+            name, source=f"debootstrap:{suite}", kind="debootstrap",
+            extra={"mirror": mirror, "packages": len(pkgs.splitlines()),
+                   "extra_packages": list(packages)},
+        )
+        say(f"built in {time.monotonic() - start:.0f} s")
+        return self.get(name)
+
+    def _mkfs_tree(self, tree: Path, tmp: Path, *, size_mb: int | None, what: str) -> None:
+        """``mkfs.ext4 -d tree`` into ``tmp`` (sized ``size_mb`` or the tree + 25% + 128 MB)."""
+        from vmm.guest import sources
+
+        used, entries = sources.tree_bytes(tree)
+        size = sources.default_size(used) if size_mb is None else size_mb * MiB
+        if size_mb is not None and used + entries * 256 > size:
+            raise ValidationError(
+                f"{what} needs about {-(-used // MiB)} MB; --size {size_mb} MB is too small",
+                hint=f"use --size {sources.default_size(used) // MiB} or more",
+            )
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        with tmp.open("wb") as f:
+            f.truncate(size)
+        argv = ["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(tree), str(tmp)]
+        result = self.runner.run(argv, check=False, timeout=3600)
+        if result.returncode != 0:
+            if "Could not allocate" in result.stderr or "No space" in result.stderr:
+                raise ValidationError(
+                    f"{what} does not fit in {size // MiB} MB",
+                    hint=f"use a larger --size (the tree has about {-(-used // MiB)} MB)",
+                )
+            from vmm.errors import CommandError
+
+            raise CommandError(argv, result.returncode, result.stderr or result.stdout)
 
     def delete(self, name: str, *, used_by: Sequence[str], force: bool = False) -> None:
         """Remove an image; refused while VMs use it unless ``force``.
@@ -186,15 +252,18 @@ class ImageRegistry:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 
-    def register(self, name: str, *, source: str, kind: str) -> None:
+    def register(
+        self, name: str, *, source: str, kind: str, extra: dict[str, Any] | None = None
+    ) -> None:
         path = self.path_of(name)
-        meta = {
+        meta: dict[str, Any] = {
             "name": name,
             "source": source,
             "format": kind,
             "virtual_size": path.stat().st_size,
             "sha256": _sha256(path),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **(extra or {}),
         }
         write_atomic(self.dir / f"{name}.json", (json.dumps(meta, indent=2) + "\n").encode())
 

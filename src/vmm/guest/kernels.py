@@ -221,6 +221,7 @@ class KernelRegistry:
         initrd: Path | None = None,
         force: bool = False,
         runner: Runner | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Kernel:
         """Import an ELF vmlinux, or the ELF extracted from a bzImage; validated first."""
         validate_name(name, "kernel")
@@ -265,6 +266,7 @@ class KernelRegistry:
             "size": dest.stat().st_size,
             "initrd": initrd is not None,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **(extra or {}),
         }
         write_atomic(self._meta_path(name), (json.dumps(meta, indent=2) + "\n").encode())
         return self.get(name)
@@ -289,7 +291,8 @@ class KernelRegistry:
                 f"kernel {name!r} is used by {len(used_by)} VM(s): {', '.join(sorted(used_by))}",
                 hint="delete those VMs first",
             )
-        for p in (self.dir / f"{name}.initrd", self._meta_path(name), self.dir / name):
+        for p in (self.dir / f"{name}.initrd", self.dir / f"{name}.config", self._meta_path(name),
+                  self.dir / name):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 

@@ -1,0 +1,252 @@
+"""A vmm guest root filesystem from debootstrap, prepared for vmm.
+
+The one recipe for a Debian guest tree: ``vmm image build NAME --debootstrap SUITE`` uses it,
+and so does ``scripts/build-test-guest.sh`` (``python3 -m vmm.guest.debootstrap tree SUITE DIR``),
+which is how the tests and CI get their rootfs.
+
+Preparation (``prepare_tree``): hostname/hosts, fstab (``/dev/vda /``), resolv.conf from the
+kernel's ``ip=`` (``/proc/net/pnp``), root without password (keys only, injected by vmm), sshd
+keys-only with an ed25519 host key made at first boot (never shared between VMs), a serial getty
+on ttyS0, systemd-networkd enabled, units that only cost CPU in a microVM masked, an empty
+machine-id, apt caches emptied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vmm.errors import ValidationError, VmmError
+from vmm.runner import Runner
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+PACKAGES = (
+    "systemd", "systemd-sysv", "openssh-server", "iproute2", "iputils-ping", "udev", "kmod",
+    "procps", "ca-certificates",
+)
+HOSTNAME = "vmm-guest"
+SUITE_RE = re.compile(r"[a-z][a-z0-9.-]{1,31}")
+PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+MIRROR_RE = re.compile(r"(https?|file)://\S+")
+
+SSHD_CONFIG = """\
+# vmm guest
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+HostKey /etc/ssh/ssh_host_ed25519_key
+UseDNS no
+"""
+
+HOSTKEY_UNIT = """\
+[Unit]
+Description=Generate this VM's SSH host key
+DefaultDependencies=no
+After=local-fs.target
+Before=ssh.service sshd.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -C "" -f /etc/ssh/ssh_host_ed25519_key
+
+[Install]
+WantedBy=ssh.service
+"""
+
+# Things that only cost CPU in a short-lived guest (under TCG one emulated CPU runs all of
+# it), or could prompt on the console (firstboot with an empty machine-id). Masked, so that
+# presets cannot bring them back. vmm kernels have no modules, so modprobe@/modules-load do
+# nothing; getty-static starts gettys on tty2-6 because there is no logind.
+MASKED_UNITS = (
+    "getty@tty1.service", "getty-static.service", "systemd-firstboot.service",
+    "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
+    "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer", "systemd-pstore.service",
+    "modprobe@.service", "systemd-modules-load.service",
+    "sys-kernel-debug.mount", "sys-kernel-tracing.mount", "dev-hugepages.mount",
+)
+
+Progress = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def check_inputs(suite: str, mirror: str, packages: Sequence[str]) -> None:
+    if not SUITE_RE.fullmatch(suite):
+        raise ValidationError(f"invalid suite {suite!r}", hint="e.g. bookworm, trixie, jammy")
+    if not MIRROR_RE.fullmatch(mirror):
+        raise ValidationError(f"invalid mirror {mirror!r}", hint=f"a URL such as {DEFAULT_MIRROR}")
+    for p in packages:
+        if not PACKAGE_RE.fullmatch(p):
+            raise ValidationError(f"invalid package name {p!r} in --packages")
+
+
+def debootstrap(
+    runner: Runner,
+    suite: str,
+    root: Path,
+    *,
+    mirror: str = DEFAULT_MIRROR,
+    packages: Sequence[str] = (),
+    progress: Progress = _stderr,
+) -> None:
+    """debootstrap --variant=minbase with the vmm package set (+ ``packages``) into ``root``."""
+    check_inputs(suite, mirror, packages)
+    if runner.which("debootstrap") is None:
+        raise VmmError("debootstrap is not installed", hint="apt-get install debootstrap")
+    include = ",".join(dict.fromkeys([*PACKAGES, *packages]))
+    argv = ["debootstrap", "--variant=minbase", f"--include={include}", suite, str(root), mirror]
+    progress(f"debootstrap {suite} from {mirror} (about a minute)")
+    result = runner.run(argv, check=False, timeout=3600)
+    if result.returncode != 0:
+        out = (result.stdout + "\n" + result.stderr).splitlines()
+        errors = [ln.strip() for ln in out if ln.startswith("E:")]
+        line = errors[-1] if errors else next((ln for ln in reversed(out) if ln.strip()), "")
+        raise VmmError(
+            f"debootstrap {suite} failed (exit {result.returncode}): {line}",
+            hint=f"check the suite name and the mirror ({mirror})",
+        )
+
+
+def _write(root: Path, path: str, text: str, mode: int = 0o644) -> None:
+    dest = root / path.lstrip("/")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if dest.is_symlink():
+            dest.unlink()
+    dest.write_text(text)
+    os.chmod(dest, mode)
+
+
+def prepare_tree(runner: Runner, root: Path, *, hostname: str = HOSTNAME) -> str:
+    """Make a debootstrapped tree a vmm guest; returns its package list (``name version``)."""
+    if not (root / "usr/bin/systemctl").exists() and not (root / "bin/systemctl").exists():
+        raise ValidationError(f"{root} has no systemd (systemctl); cannot prepare it")
+
+    def chroot(*argv: str) -> str:
+        return runner.run(["chroot", str(root), *argv], timeout=600).stdout
+
+    # Identity: vmm sets hostname, keys and network per VM.
+    _write(root, "/etc/hostname", hostname + "\n")
+    _write(root, "/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
+           "::1\t\tlocalhost ip6-localhost ip6-loopback\n")
+    _write(root, "/etc/fstab", "/dev/vda / ext4 defaults 0 1\n")
+    # minbase has no locales; C.UTF-8 is built into libc (and silences pam_env).
+    _write(root, "/etc/default/locale", "LANG=C.UTF-8\n")
+    # debootstrap copied the build host's resolver. DNS servers given with the kernel's ip=
+    # land in /proc/net/pnp (resolv.conf syntax).
+    resolv = root / "etc/resolv.conf"
+    if resolv.exists() or resolv.is_symlink():
+        resolv.unlink()
+    resolv.symlink_to("/proc/net/pnp")
+
+    # root: no password can match ('*'); logins only with the keys vmm injects.
+    chroot("usermod", "-p", "*", "root")
+    ssh_dir = root / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chown(ssh_dir, 0, 0)
+    os.chmod(ssh_dir, 0o700)
+    with contextlib.suppress(FileNotFoundError):
+        (ssh_dir / "authorized_keys").unlink()
+
+    # sshd: keys only; host keys made at first boot, never shared between VMs. Only ed25519,
+    # because RSA key generation takes seconds under TCG.
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    _write(root, "/etc/ssh/sshd_config.d/00-vmm.conf", SSHD_CONFIG)
+    _write(root, "/etc/systemd/system/vmm-ssh-hostkeys.service", HOSTKEY_UNIT)
+    chroot("systemctl", "--quiet", "enable", "vmm-ssh-hostkeys.service", "ssh.service")
+
+    # Console and network: a serial getty on ttyS0; systemd-networkd applies the .network
+    # file vmm writes per VM (none baked in: the kernel's ip= works alone).
+    chroot("systemctl", "--quiet", "enable", "serial-getty@ttyS0.service",
+           "systemd-networkd.service")
+    for unit in MASKED_UNITS:
+        runner.run(["chroot", str(root), "systemctl", "disable", "--quiet", unit], check=False)
+        chroot("systemctl", "mask", "--quiet", unit)
+
+    # A fresh machine-id per VM (systemd creates and commits it at boot).
+    (root / "etc/machine-id").write_text("")
+    with contextlib.suppress(FileNotFoundError):
+        (root / "var/lib/dbus/machine-id").unlink()
+
+    packages = chroot("dpkg-query", "-W", "-f=${Package} ${Version}\n")
+    chroot("apt-get", "clean")
+    for pattern in ("var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/debconf/*-old",
+                    "var/lib/dpkg/*-old", "var/log/*.log", "var/log/apt/*", "tmp/*", "var/tmp/*"):
+        for p in root.glob(pattern):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
+    return packages
+
+
+def mounts_below(path: Path) -> list[str]:
+    """Mount points at or below ``path`` (deepest first), from /proc/self/mountinfo."""
+    prefix = str(path.resolve())
+    found = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = line.split()[4].replace("\\040", " ")
+            if target == prefix or target.startswith(prefix + "/"):
+                found.append(target)
+    return sorted(found, key=len, reverse=True)
+
+
+def remove_tree(runner: Runner, path: Path) -> None:
+    """rm -rf, after unmounting what an interrupted debootstrap left mounted (proc, sys)."""
+    if not path.exists():
+        return
+    for target in mounts_below(path):
+        runner.run(["umount", "-l", target], check=False)
+    runner.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False, timeout=600)
+
+
+def build_tree(
+    runner: Runner,
+    suite: str,
+    root: Path,
+    *,
+    mirror: str = DEFAULT_MIRROR,
+    packages: Sequence[str] = (),
+    progress: Progress = _stderr,
+) -> str:
+    """debootstrap + prepare; returns the package list."""
+    debootstrap(runner, suite, root, mirror=mirror, packages=packages, progress=progress)
+    progress("preparing the tree for vmm (sshd, serial console, networkd, fstab)")
+    return prepare_tree(runner, root)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python3 -m vmm.guest.debootstrap tree SUITE DIR [--mirror URL] [--packages-out FILE]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python3 -m vmm.guest.debootstrap")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("tree", help="debootstrap SUITE into DIR and prepare it for vmm")
+    t.add_argument("suite")
+    t.add_argument("dir", type=Path)
+    t.add_argument("--mirror", default=DEFAULT_MIRROR)
+    t.add_argument("--packages-out", type=Path, help="write the package list here")
+    args = p.parse_args(argv)
+    try:
+        pkgs = build_tree(Runner(), args.suite, args.dir, mirror=args.mirror)
+    except VmmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.packages_out:
+        args.packages_out.write_text(pkgs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

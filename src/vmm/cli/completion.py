@@ -16,8 +16,11 @@ if TYPE_CHECKING:
 HIDDEN = frozenset({"autostop", "__complete"})
 VM_COMMANDS = ("start", "stop", "delete", "rm", "ssh", "inspect", "logs", "console")
 VERBS = {
-    "image": "import list",
-    "kernel": "import list",
+    "image": "import list delete build pull",
+    "kernel": "import list delete build",
+    "mount": "list sync pull",
+    "port-forward": "add list remove",
+    "network": "show prune",
     "config": "init show",
     "service": "install uninstall status",
     "autostart": "enable disable",
@@ -88,8 +91,12 @@ _vmm() {
                     [[ ${#pos[@]} -eq 1 ]] && words="$(vmm __complete vms 2>/dev/null)" ;;
 __VERB_CASES__
             esac
-            if [[ "$cmd" == autostart && ${#pos[@]} -eq 2 ]]; then
+            if [[ ( "$cmd" == autostart || "$cmd" == mount || "$cmd" == port-forward ) && ${#pos[@]} -eq 2 ]]; then
                 words="$(vmm __complete vms 2>/dev/null)"
+            elif [[ "$cmd" == image && "${pos[1]:-}" == delete && ${#pos[@]} -eq 2 ]]; then
+                words="$(vmm __complete images 2>/dev/null)"
+            elif [[ "$cmd" == kernel && "${pos[1]:-}" == delete && ${#pos[@]} -eq 2 ]]; then
+                words="$(vmm __complete kernels 2>/dev/null)"
             elif [[ ( "$cmd" == image || "$cmd" == kernel ) && "${pos[1]:-}" == import ]]; then
                 COMPREPLY=($(compgen -f -- "$cur"))
                 return

@@ -120,8 +120,9 @@ Import a root filesystem as an ext4 image. SOURCE is one of:
   oci-archive:FILE[:REF]       the same as a tar file
   docker-archive:FILE          the output of 'docker save IMAGE -o FILE'
   NAME[:TAG] | docker://NAME   an image of the local Docker daemon
-Trees must contain systemd and sshd (vmm guests boot systemd and 'vmm ssh' needs sshd) unless
---as-is is given; vmm does not install packages into imported trees.
+vmm guests boot systemd and 'vmm ssh' needs sshd: a Debian/Ubuntu tree lacking them gets them
+with chroot + apt and is prepared like 'vmm image build' images; other trees without them are
+refused unless --as-is is given (imported unchanged).
 """
 
 

@@ -129,7 +129,8 @@ class ImageRegistry:
         staged = sources.stage(self.runner, source, self.dir)
         tmp = self.dir / f".{name}.importing"
         try:
-            if not as_is:
+            if not as_is:  # a Debian/Ubuntu tree gets what it lacks (chroot + apt)
+                staged = sources.prepare_if_needed(self.runner, staged, self.dir)
                 missing = sources.missing_guest_parts(staged.tree)
                 if missing:
                     raise ValidationError(

@@ -29,8 +29,11 @@ import posixpath
 import re
 import shutil
 import stat
+import subprocess
+import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,8 +261,15 @@ class Staged:
         self.temp = temp
 
     def cleanup(self) -> None:
-        if self.temp is not None:
-            shutil.rmtree(self.temp, ignore_errors=True)
+        if self.temp is None:
+            return
+        from vmm.guest.debootstrap import mounts_below
+
+        for target in mounts_below(self.temp):  # never delete through a bind mount
+            subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+        if mounts_below(self.temp):
+            return
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def stage(runner: Runner, source: Source, scratch: Path) -> Staged:
@@ -428,6 +438,52 @@ def missing_guest_parts(tree: Path) -> list[str]:
     if not any(exists(p) for p in ("usr/sbin/sshd", "sbin/sshd")):
         missing.append("openssh-server")
     return missing
+
+
+def prepare_if_needed(
+    runner: Runner,
+    staged: Staged,
+    scratch: Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> Staged:
+    """A Debian/Ubuntu tree lacking systemd or sshd, prepared for vmm (``vmm.guest.prepare``).
+
+    Any other tree is returned as it is (the caller's readiness check then refuses it). A
+    directory source is copied into a temp dir under ``scratch`` first: the user's directory is
+    never changed. On failure whatever was made here is removed.
+    """
+    from vmm.guest import prepare
+
+    missing = missing_guest_parts(staged.tree)
+    if not missing or not prepare.is_debian_like(staged.tree):
+        return staged
+    say = progress or _stderr
+    say(f"{prepare.distro_name(staged.tree)} tree lacks {' and '.join(missing)}: preparing it "
+        "for vmm (--as-is skips this)")
+    result = staged
+    if staged.temp is None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=".import-", dir=scratch))
+        result = Staged(temp / "rootfs", temp)
+        try:
+            say(f"copying {staged.tree}")
+            result.tree.mkdir()
+            runner.run(["cp", "-a", "--", f"{staged.tree}/.", str(result.tree)], timeout=3600)
+        except BaseException:
+            result.cleanup()
+            raise
+    try:
+        prepare.prepare_imported(runner, result.tree, progress=say)
+    except BaseException:
+        if result is not staged:
+            result.cleanup()
+        raise
+    return result
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def tree_bytes(tree: Path) -> tuple[int, int]:

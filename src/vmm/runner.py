@@ -74,6 +74,7 @@ class RecordingRunner(Runner):
     """Records argv lists and returns canned results; for unit tests of appliers."""
 
     calls: list[list[str]] = field(default_factory=list)
+    inputs: list[str | None] = field(default_factory=list)  # what each call got on stdin
     responses: dict[str, Result] = field(default_factory=dict)
 
     def run(
@@ -87,4 +88,5 @@ class RecordingRunner(Runner):
     ) -> Result:
         argv = [str(a) for a in argv]
         self.calls.append(argv)
+        self.inputs.append(input)
         return self.responses.get(shlex.join(argv), Result(argv, 0, "", ""))

@@ -77,31 +77,17 @@ def test_guest_files_written_without_mounting(tmp_path: Path) -> None:
     )
     ext4.write_files(runner, img, files)
     ext4.set_dir_mode(runner, img, "/root/.ssh", 0o700)
-    ext4.write_files(
-        runner,
-        img,
-        customize.every_boot_files(
-            mac="06:00:AC:10:00:02",
-            ip="172.16.0.2",
-            subnet="172.16.0.0/16",
-            gateway="172.16.0.1",
-            dns=["9.9.9.9"],
-            networkd_present=True,
-        ),
+    network = customize.every_boot_files(
+        mac="06:00:AC:10:00:02",
+        ip="172.16.0.2",
+        subnet="172.16.0.0/16",
+        gateway="172.16.0.1",
+        dns=["9.9.9.9"],
+        networkd_present=True,
     )
     # twice: rewriting existing files must work (every start rewrites the network file)
-    ext4.write_files(
-        runner,
-        img,
-        customize.every_boot_files(
-            mac="06:00:AC:10:00:02",
-            ip="172.16.0.2",
-            subnet="172.16.0.0/16",
-            gateway="172.16.0.1",
-            dns=["9.9.9.9"],
-            networkd_present=True,
-        ),
-    )
+    for _ in range(2):
+        ext4.write_files(runner, img, network)
     assert ext4.read_file(runner, img, "/etc/hostname") == "dev\n"
     assert "nameserver 9.9.9.9" in (ext4.read_file(runner, img, "/etc/resolv.conf") or "")
     assert (

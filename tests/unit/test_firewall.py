@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from vmm.errors import ConflictError, ValidationError, VmmError
 from vmm.network import firewall, sysctl
 from vmm.network.firewall import FirewallSpec, PortForward
-from vmm.runner import DEFAULT_TIMEOUT, RecordingRunner, Result
+from vmm.runner import RecordingRunner, Result
 
 pytestmark = pytest.mark.unit
 
@@ -184,25 +182,8 @@ def test_non_clashing_forwards() -> None:
 # -- appliers --------------------------------------------------------------------------------
 
 
-@dataclass
-class StdinRecorder(RecordingRunner):
-    inputs: list[str | None] = field(default_factory=list)
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        input: str | None = None,
-        check: bool = True,
-        timeout: float = DEFAULT_TIMEOUT,
-        hint: str | None = None,
-    ) -> Result:
-        self.inputs.append(input)
-        return super().run(argv, input=input, check=check, timeout=timeout, hint=hint)
-
-
 def test_apply_feeds_the_script_on_stdin() -> None:
-    runner = StdinRecorder()
+    runner = RecordingRunner()
     spec = FirewallSpec("vmm-br0", NET)
     firewall.apply(runner, spec)
     assert runner.calls == [["nft", "-f", "-"]]
@@ -210,7 +191,7 @@ def test_apply_feeds_the_script_on_stdin() -> None:
 
 
 def test_remove_is_one_idempotent_transaction() -> None:
-    runner = StdinRecorder()
+    runner = RecordingRunner()
     firewall.remove(runner)
     assert runner.calls == [["nft", "-f", "-"]]
     assert runner.inputs == ["table ip vmm {}\ndelete table ip vmm\n"]

@@ -11,7 +11,7 @@ source "$(dirname "$0")/lib/common.sh"
 cd "$REPO"
 
 require_root
-apt_install_missing "${HOST_PACKAGES[@]}"
+apt_install_missing "${RUN_PACKAGES[@]}"
 ensure_venv
 VMM="$REPO/.venv/bin/vmm"
 

@@ -21,8 +21,6 @@ import pytest
 pytest_plugins = ["tests.netns"]
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-FC_SPEC = SHARED / "firecracker" / "v1.11.0" / "firecracker.yaml"
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -3,12 +3,15 @@
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
-# Packages vmm and its tests need on a bare Debian/Ubuntu machine.
-HOST_PACKAGES=(
-  python3 python3-venv iproute2 nftables e2fsprogs e2tools openssh-client
-  qemu-system-x86 squashfs-tools debootstrap procps util-linux coreutils
-  python3-wheel-whl curl wget shellcheck systemd lz4 zstd xz-utils
-)
+# Packages from scripts/lib/host-tools.txt (one line per program the code runs): "run" ones
+# for vmm and the demo, "test" ones for the test suite as well.
+host_packages() {  # host_packages run|test
+  local want=$1
+  awk -v want="$want" '!/^#/ && NF >= 3 && $2 != "-" && ($3 == "run" || ($3 == "test" && want == "test")) { print $2 }' \
+    "$REPO/scripts/lib/host-tools.txt" | sort -u
+}
+mapfile -t RUN_PACKAGES < <(host_packages run)
+mapfile -t TEST_PACKAGES < <(host_packages test)
 
 # Runs a noisy command with its output in a log that is shown only when it fails.
 quietly() {

@@ -19,9 +19,14 @@ Knobs (environment variables) for failure tests:
   FAKE_FC_STARTUP_DELAY=SECONDS    sleep this long before opening the socket
   FAKE_FC_IGNORE_CTRL_ALT_DEL=1    accept SendCtrlAltDel (204) but keep running (guest ignores it)
   FAKE_FC_IGNORE_SIGTERM=1         ignore SIGTERM, so only SIGKILL ends the process
+  FAKE_FC_GUEST_PANIC_AFTER=SECONDS  the "guest" panics this long after InstanceStart; with
+                                   panic=1 reboot=k that ends Firecracker (exit 0), as a guest
+                                   that cannot mount its root filesystem does
   FAKE_FC_RECORD=PATH              append one JSON line per API request (method, path, body,
                                    status, response) to PATH
-  FAKE_FC_CHECK_TAP=1              require /sys/class/net/<host_dev_name> to exist
+  FAKE_FC_CHECK_TAP=0              do not require /sys/class/net/<host_dev_name> to exist (real
+                                   Firecracker opens the TAP at PUT /network-interfaces and fails
+                                   when it is missing; only tests of the process alone turn this off)
 
 Test-only: never installed, never used outside tests/.
 """
@@ -389,7 +394,7 @@ class FakeVmm:
         if any(n["host_dev_name"] == tap for n in others):
             raise Fault("Network config error: The host device name is already in use.")
         if len(tap.encode()) > 15 or (
-            os.environ.get("FAKE_FC_CHECK_TAP") == "1" and not Path("/sys/class/net", tap).exists()
+            os.environ.get("FAKE_FC_CHECK_TAP", "1") != "0" and not Path("/sys/class/net", tap).exists()
         ):
             raise Fault(
                 "Network config error: Could not create the network device: Open tap "
@@ -543,6 +548,19 @@ class FakeVmm:
             f"CPUs: {self.machine_config['vcpu_count']}\n"
             "fake-guest login: "
         )
+        panic_after = os.environ.get("FAKE_FC_GUEST_PANIC_AFTER")
+        if panic_after:
+            threading.Timer(float(panic_after), self.guest_panics).start()
+
+    def guest_panics(self) -> None:
+        self.console(
+            "\n[    1.234567] VFS: Unable to mount root fs on unknown-block(0,0)\n"
+            "[    1.234568] Kernel panic - not syncing: VFS: Unable to mount root fs\n"
+            "[    2.234568] Rebooting in 1 seconds..\n"
+        )
+        self.log("Vmm is stopping. exit_code=0 (guest reboot after a panic)")
+        sys.stdout.flush()
+        os._exit(0)
 
     def kernel_cmdline(self) -> str:
         """boot_args plus what Firecracker appends: root= for the root drive, one

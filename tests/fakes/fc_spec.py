@@ -30,11 +30,11 @@ import yaml
 
 FIRECRACKER_VERSION = "1.11.0"
 
-# tests/fakes/fc_spec.py -> <repo>; CI clones shared/ beside the repository.
+# tests/fakes/fc_spec.py -> <repo>; the spec is test data inside the repository.
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_SPEC_PATH = REPO.parent / "shared" / "firecracker" / "v1.11.0" / "firecracker.yaml"
+DEFAULT_SPEC_PATH = REPO / "tests" / "data" / "firecracker" / "v1.11.0" / "firecracker.yaml"
 
-# Firecracker's own id rules (shared/docs/firecracker.md §1).
+# Firecracker's own id rules (docs/firecracker.md, "Identifiers").
 API_ID_RE = re.compile(r"^[A-Za-z0-9_]+$")  # drive_id, iface_id (path and body)
 INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")  # the process --id
 
@@ -44,7 +44,7 @@ class SpecMissing(RuntimeError):
 
 
 def spec_path() -> Path:
-    """Where the spec is: ``$VMM_FC_SPEC`` if set, else ``<repo>/../shared/...``."""
+    """Where the spec is: ``$VMM_FC_SPEC`` if set, else ``tests/data/firecracker/v1.11.0/``."""
     override = os.environ.get("VMM_FC_SPEC")
     return Path(override) if override else DEFAULT_SPEC_PATH
 
@@ -71,7 +71,7 @@ def load_spec(path: Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise SpecMissing(
             f"Firecracker API spec not found at {path}: the spec tests and the fake firecracker "
-            "need shared/firecracker/v1.11.0/firecracker.yaml beside the repository "
+            "need tests/data/firecracker/v1.11.0/firecracker.yaml "
             "(or VMM_FC_SPEC pointing at it)"
         )
     with path.open() as f:

@@ -112,3 +112,34 @@ def fc_argv(*args: str) -> list[str]:
     import sys
 
     return [sys.executable, "-m", "vmm", *args]
+
+
+def test_start_says_when_ssh_does_not_answer(fc: VmmEnv, netns: NetNS) -> None:
+    """The fake has no sshd: waiting must end at --timeout with the reason, the VM left running."""
+    r = fc.run("start", "fc1", "--timeout", "2", ns=netns)
+    assert r.returncode == 1, r.stderr
+    assert "Started VM fc1 (firecracker) at 172.16.0.2" in r.stdout
+    assert "error: VM 'fc1' is running but SSH on 172.16.0.2 did not answer within 2 s" in r.stderr
+    assert "Linux version 6.1.0-fake" in r.stderr  # the console tail
+    assert "hint: it may still be booting: try 'vmm ssh fc1' later" in r.stderr
+    vm = json.loads(fc.run("inspect", "fc1", check=True).stdout)
+    assert vm["state"] == "running" and vm["live"]["process_alive"]
+    fc.run("delete", "-f", "fc1", ns=netns, check=True)
+
+
+def test_start_says_when_the_guest_exits_while_booting(
+    fc: VmmEnv, netns: NetNS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_FC_GUEST_PANIC_AFTER", "1")
+    r = fc.run("start", "fc1", "--timeout", "120", ns=netns)
+    assert r.returncode == 1, r.stderr
+    assert "error: VM 'fc1' exited while booting" in r.stderr
+    assert "Kernel panic - not syncing: VFS: Unable to mount root fs" in r.stderr
+    assert "hint: see the whole console log with: cat " in r.stderr
+    listed = json.loads(fc.run("list", "-a", "--json", check=True).stdout)["vms"]
+    assert [(v["name"], v["state"]) for v in listed] == [("fc1", "stopped")]
+    # nothing in the way of the next start
+    monkeypatch.delenv("FAKE_FC_GUEST_PANIC_AFTER")
+    fc.run("start", "fc1", "--no-wait", ns=netns, check=True)
+    fc.run("delete", "-f", "fc1", ns=netns, check=True)
+    assert netns.pids() == []

@@ -65,6 +65,9 @@ def workdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for knob in fc_harness.KNOBS:
         monkeypatch.delenv(knob, raising=False)
     d = fc_harness.short_tmpdir("fcf-")
+    # The process alone, in the main namespace: no TAP exists (the CLI tests run the fake with
+    # its TAP check on, in a namespace where vmm created the TAP).
+    monkeypatch.setenv("FAKE_FC_CHECK_TAP", "0")
     for name in ("vmlinux", "rootfs.ext4", "data.ext4"):
         (d / name).write_bytes(b"\0" * 512)
     (d / "fc.log").touch()
@@ -308,6 +311,22 @@ def test_resources_are_opened_at_put_time(fake: Fake, workdir: Path) -> None:
     assert fake.fault(
         "PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "t" * 16}
     ).startswith("Network config error: ")
+
+
+def test_the_tap_must_exist_by_default(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like Firecracker, which opens the TAP at PUT time: a missing device is a 400. The CLI
+    tests rely on this default to prove vmm creates the TAP before configuring the NIC."""
+    monkeypatch.delenv("FAKE_FC_CHECK_TAP")
+    f = start_fake(workdir)
+    try:
+        nic = {"iface_id": "eth0", "host_dev_name": "vmm-nosuchtap"}
+        assert f.fault("PUT", "/network-interfaces/eth0", nic).startswith(
+            "Network config error: Could not create the network device"
+        )
+        f.api.put("/network-interfaces/eth0", {**nic, "host_dev_name": "lo"})  # exists
+    finally:
+        f.proc.kill()
+        f.proc.wait()
 
 
 def test_full_config_follows_the_spec(fake: Fake, workdir: Path) -> None:

@@ -62,6 +62,9 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
         monkeypatch.delenv(knob, raising=False)
     record = d / "requests.jsonl"
     monkeypatch.setenv("FAKE_FC_RECORD", str(record))
+    # The process alone, in the main namespace: no TAP exists (the CLI tests run the fake with
+    # its TAP check on, in a namespace where vmm created the TAP).
+    monkeypatch.setenv("FAKE_FC_CHECK_TAP", "0")
     for name in ("vmlinux", "initrd.img", "rootfs.ext4", "data.ext4"):
         (d / name).write_bytes(b"\0" * 4096)
     try:

@@ -29,6 +29,7 @@ from tests.netns import (
     connect,
     connect_outside,
 )
+from tests.waiting import wait_until
 from vmm.errors import ConflictError, NotFoundError
 from vmm.network import firewall, links, sysctl
 from vmm.network.firewall import FirewallSpec, PortForward
@@ -361,7 +362,23 @@ def connect_from(ns: NetNS, addr: str, port: int, timeout: float = 3.0) -> str:
 
 
 def pings(ns: NetNS, addr: str) -> bool:
+    """One ping: for asserting that something is NOT reachable."""
     return ns.run(["ping", "-n", "-c", "1", "-W", "2", addr], check=False).returncode == 0
+
+
+def reaches(ns: NetNS, addr: str, timeout: float = 10.0) -> bool:
+    """Pings until one answers or ``timeout`` passes: a veth that just joined a bridge, or a
+    ruleset just applied, may drop the first packets (port learning, neighbour resolution)."""
+    try:
+        wait_until(
+            lambda: ns.run(["ping", "-n", "-c", "1", "-W", "1", addr], check=False).returncode == 0,
+            timeout,
+            interval=0.2,
+            what=f"ping {addr}",
+        )
+    except AssertionError:
+        return False
+    return True
 
 
 def attach_guest(host: NetNS, guest: NetNS, port: str, cidr: str) -> None:
@@ -380,7 +397,7 @@ def topology(netns_factory: Callable[[], NetNS]) -> tuple[NetNS, NetNS, NetNS]:
     attach_guest(host, guest, "vmmt-g0", "172.16.0.2/16")
     connect_outside(host, outside)
     host.call(sysctl.enable_ip_forward)
-    assert pings(guest, "172.16.0.1"), "guest cannot reach the bridge"
+    assert reaches(guest, "172.16.0.1"), "guest cannot reach the bridge"
     return host, guest, outside
 
 
@@ -391,7 +408,7 @@ def test_nat_masquerades_guest_traffic(
     server = Server(outside, "10.200.0.2", 9000, tmp_path / "server.log")
 
     in_ns(host, firewall.apply, SPEC)
-    assert pings(guest, "10.200.0.2")
+    assert reaches(guest, "10.200.0.2")
     assert connect_from(guest, "10.200.0.2", 9000) == "10.200.0.1"
     assert server.seen() == ["10.200.0.1"]
 
@@ -410,7 +427,7 @@ def test_outside_cannot_open_connections_to_guests(
     assert connect_from(outside, "172.16.0.2", 7000) == "10.200.0.2"  # no rules: routed
     in_ns(host, firewall.apply, SPEC)
     assert connect_from(outside, "172.16.0.2", 7000, timeout=2).startswith("failed")
-    assert pings(guest, "10.200.0.2"), "the guest's own traffic must still flow"
+    assert reaches(guest, "10.200.0.2"), "the guest's own traffic must still flow"
 
 
 def test_port_forward_reaches_the_guest(

@@ -20,12 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vmm import faults
 from vmm.config import Config, expand_user_path
 from vmm.engines.base import BootSpec, Drive, Engine, Nic, RunPaths
 from vmm.errors import ConflictError, EngineError, NotFoundError, ValidationError, VmmError
 from vmm.guest import customize, ext4
 from vmm.guest.images import ImageRegistry
 from vmm.guest.kernels import KernelRegistry
+from vmm.host.liveness import runs_with
 from vmm.host.process import ProcessRef, is_alive, log_tail
 from vmm.models import (
     VM,
@@ -165,6 +167,7 @@ class Manager:
                 f"({-(-image.virtual_size // MiB)} MB)",
                 hint=f"use --disk {-(-image.virtual_size // MiB)} or more",
             )
+        boot_args = customize.validate_boot_args(req.boot_args or "", mounts=len(req.mounts or []))
         key_path_str = req.ssh_key or vd.ssh_key_path
         key_path = expand_user_path(key_path_str) if key_path_str else None
         public_key = read_public_key(key_path) if key_path else None
@@ -185,6 +188,7 @@ class Manager:
         subnet, gateway = ipam.validate_network(cfg.subnet, cfg.gateway)
         self.store.ensure_dirs()
         with self.store.global_lock():
+            faults.point("create.locked")
             if self.store.exists(name):
                 raise ConflictError(f"VM {name!r} already exists", hint="choose another name")
             used_ips, used_ids = self._allocations()
@@ -211,12 +215,13 @@ class Manager:
                 ip=str(ip),
                 mac=ipam.mac_for(ip),
                 tap=f"vmm-{vm_id}",
-                boot_args=req.boot_args or "",
+                boot_args=boot_args,
                 autostart=req.autostart,
                 mounts=mounts,
                 created_at=now(),
             )
             self.store.save(vm)
+            faults.point("create.saved")
         return vm
 
     def _allocations(self) -> tuple[set[str], set[str]]:
@@ -239,28 +244,53 @@ class Manager:
     def start(self, name: str) -> VM:
         validate_name(name)
         with self.store.vm_lock(name):
+            faults.point("start.locked")
             vm = self.store.load(name)
             ref = process_ref(vm)
-            if is_alive(ref):
-                raise ConflictError(f"VM {name!r} is already running", hint=f"its IP is {vm.ip}")
             engine = self.engine(vm.engine)
+            paths = self.store.run_paths(name)
+            if is_alive(ref):
+                assert ref is not None
+                if vm.state != VMState.STARTING.value:
+                    raise ConflictError(f"VM {name!r} is already running", hint=f"its IP is {vm.ip}")
+                # "starting" with a live process while we hold the VM lock: the start that
+                # launched it was killed before it finished. Finish the cleanup it could not do.
+                log.warning("VM %s: stopping the process of an interrupted start (pid %d)", name, ref.pid)
+                if self.owns_process(ref, paths):
+                    engine.kill(ref, paths)
             engine.check_available()
             kernel = self.kernels.get(vm.kernel)
-            paths = self.store.run_paths(name)
             engine.cleanup(paths)  # a crashed previous run may have left sockets behind
             accel = self._resolve_accel(vm)
 
             vm.state = VMState.STARTING.value
             vm.last_error = None
+            vm.pid = vm.pid_start_time = vm.pid_boot_id = None
             self.store.save(vm)
             launched: ProcessRef | None = None
+
+            def record_spawn(spawned: ProcessRef) -> None:
+                # Saved before the engine waits or configures: a start killed from here on
+                # leaves a record naming the process, and the next command stops it.
+                vm.pid, vm.pid_start_time, vm.pid_boot_id = (
+                    spawned.pid, spawned.start_time, spawned.boot_id
+                )
+                self.store.save(vm)
+                faults.point("start.spawned")
+
             try:
+                faults.point("start.saved-starting")
                 self._prepare_rootfs(vm)
+                faults.point("start.rootfs-ready")
                 self._prepare_mounts(vm)
                 self._ensure_network(vm)
+                faults.point("start.network-ready")
                 spec = self._boot_spec(vm, kernel.path, kernel.initrd, paths, accel)
-                launched = engine.launch(spec)
-                vm.pid, vm.pid_start_time = launched.pid, launched.start_time
+                launched = engine.launch(spec, on_spawn=record_spawn)
+                faults.point("start.launched")
+                vm.pid, vm.pid_start_time, vm.pid_boot_id = (
+                    launched.pid, launched.start_time, launched.boot_id
+                )
                 vm.state = VMState.RUNNING.value
                 vm.accel_in_use = accel if vm.engine == "qemu" else "kvm"
                 vm.started_at = now()
@@ -270,18 +300,31 @@ class Manager:
                 self._undo_start(vm, engine, launched, paths, exc)
                 raise
 
+    def owns_process(self, ref: ProcessRef, paths: RunPaths) -> bool:
+        """The live process ``ref`` is this VM's hypervisor (its socket path is on its command
+        line): checked before any signal, so a recycled pid is never signalled."""
+        if runs_with(ref, str(paths.api_socket)):
+            return True
+        log.warning("pid %d is not this VM's hypervisor (no %s in its command line): left alone",
+                    ref.pid, paths.api_socket)
+        return False
+
     def _undo_start(
         self, vm: VM, engine: Engine, launched: ProcessRef | None, paths: RunPaths, exc: BaseException
     ) -> None:
         with contextlib.suppress(Exception):
             if launched is not None:
                 engine.kill(launched, paths)
+            elif vm.pid is not None and vm.pid_start_time is not None:  # spawned, not launched
+                spawned = ProcessRef(vm.pid, vm.pid_start_time, vm.pid_boot_id)
+                if is_alive(spawned) and self.owns_process(spawned, paths):
+                    engine.kill(spawned, paths)
         with contextlib.suppress(Exception):
             engine.cleanup(paths)
         with contextlib.suppress(Exception):
             self._delete_tap(vm)
         vm.state = VMState.ERROR.value
-        vm.pid = vm.pid_start_time = None
+        vm.pid = vm.pid_start_time = vm.pid_boot_id = None
         vm.last_error = str(exc) or type(exc).__name__
         with contextlib.suppress(Exception):
             self.store.save(vm)
@@ -491,50 +534,63 @@ class Manager:
         """Stop a VM; returns how it ended ("graceful", "sigterm", "sigkill", "not-running")."""
         validate_name(name)
         with self.store.vm_lock(name):
-            vm = self.store.load(name)
-            ref = process_ref(vm)
-            engine = self.engine(vm.engine)
-            paths = self.store.run_paths(name)
-            how = "not-running"
-            if is_alive(ref):
-                assert ref is not None
+            faults.point("stop.locked")
+            return self._stop_locked(self.store.load(name), timeout)
+
+    def _stop_locked(self, vm: VM, timeout: float) -> str:
+        ref = process_ref(vm)
+        engine = self.engine(vm.engine)
+        paths = self.store.run_paths(vm.name)
+        how = "not-running"
+        if is_alive(ref):
+            assert ref is not None
+            if self.owns_process(ref, paths):
                 vm.state = VMState.STOPPING.value
                 self.store.save(vm)
+                faults.point("stop.stopping")
                 how = engine.stop(ref, paths, timeout=timeout).how
-            with contextlib.suppress(Exception):
-                engine.cleanup(paths)
-            self._delete_tap(vm)
-            if vm.state != VMState.CREATED.value or how != "not-running":
-                vm.state = VMState.STOPPED.value
-                vm.stopped_at = now() if how != "not-running" else vm.stopped_at
-            vm.pid = vm.pid_start_time = None
-            self.store.save(vm)
-            if vm.port_forwards:
-                self.rebuild_network_rules()  # withdraw this VM's forwards
-            return how
+                faults.point("stop.stopped")
+        with contextlib.suppress(Exception):
+            engine.cleanup(paths)
+        self._delete_tap(vm)
+        if vm.state != VMState.CREATED.value or how != "not-running":
+            vm.state = VMState.STOPPED.value
+            vm.stopped_at = now() if how != "not-running" else vm.stopped_at
+        vm.pid = vm.pid_start_time = vm.pid_boot_id = None
+        self.store.save(vm)
+        if vm.port_forwards:
+            self.rebuild_network_rules()  # withdraw this VM's forwards
+        return how
 
     # -- delete -------------------------------------------------------------------------
 
     def delete(self, name: str, *, force: bool = False, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        """Delete a VM and everything vmm made for it.
+
+        Liveness is checked inside the VM's lock: a ``start`` that is under way finishes first,
+        and then counts (a VM found running is refused without ``force``)."""
         validate_name(name)
         if not self.store.exists(name):
             raise NotFoundError(
                 f"VM {name!r} does not exist", hint="see 'vmm list -a' for the VMs there are"
             )
-        try:
-            vm: VM | None = self.store.load(name)
-        except VmmError:
-            if not force:
-                raise
-            vm = None  # corrupt record: -f removes what can be found by name
-        if vm is not None and is_alive(process_ref(vm)):
-            if not force:
-                raise ConflictError(
-                    f"VM {name!r} is running",
-                    hint=f"stop it first ('vmm stop {name}') or use 'vmm delete -f {name}'",
-                )
-            self.stop(name, timeout=timeout)
         with self.store.vm_lock(name):
+            faults.point("delete.locked")
+            if not self.store.exists(name):  # deleted by another command while we waited
+                raise NotFoundError(f"VM {name!r} does not exist")
+            try:
+                vm: VM | None = self.store.load(name)
+            except VmmError:
+                if not force:
+                    raise
+                vm = None  # corrupt record: -f removes what can be found by name
+            if vm is not None and is_alive(process_ref(vm)):
+                if not force:
+                    raise ConflictError(
+                        f"VM {name!r} is running",
+                        hint=f"stop it first ('vmm stop {name}') or use 'vmm delete -f {name}'",
+                    )
+                self._stop_locked(vm, timeout)
             if vm is not None:
                 self._delete_tap(vm)
                 with contextlib.suppress(Exception):
@@ -546,15 +602,19 @@ class Manager:
 
                     with contextlib.suppress(Exception):
                         links.delete_tap(self.runner, tap)
+            faults.point("delete.stopped")
             paths = self.store.run_paths(name)
             shutil.rmtree(self.store.vm_dir(name), ignore_errors=True)
             self._remove_mount_images(name, vm)
             for p in (paths.console_log, paths.api_socket, paths.console_socket):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+            faults.point("delete.files-removed")
             with self.store.global_lock():
                 self.store.remove_record(name)
-        self.store.remove_vm_lock(name)
+            faults.point("delete.record-removed")
+        # The lock file stays: unlinking it while another command waits on it would let a
+        # third one lock a new file of the same name, and two commands would hold "the" lock.
         self.rebuild_network_rules()  # no rules for VMs that no longer exist
         self._teardown_network_if_unused()
 

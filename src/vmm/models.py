@@ -145,6 +145,7 @@ class VM(Record):
     autostart: bool = False
     pid: int | None = None
     pid_start_time: int | None = None
+    pid_boot_id: str | None = None  # the host boot the pid belongs to (pids restart at boot)
     rootfs_ready: bool = False
     created_at: str = ""
     started_at: str | None = None
@@ -197,6 +198,7 @@ class VM(Record):
         data["port_forwards"] = _decode_forwards(data.get("port_forwards") or [], source)
         if data["state"] not in {s.value for s in VMState}:
             raise RecordError(f"VM record {source}: invalid $.state {data['state']!r}")
+        _check_values(data, source)
         return cls(**data)
 
 
@@ -224,6 +226,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "autostart": (bool,),
     "pid": (int, type(None)),
     "pid_start_time": (int, type(None)),
+    "pid_boot_id": (str, type(None)),
     "rootfs_ready": (bool,),
     "created_at": (str,),
     "started_at": (str, type(None)),
@@ -231,6 +234,25 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "last_error": (str, type(None)),
     "schema_version": (int,),
 }
+
+
+_ID_RE = re.compile(r"[a-z0-9]{8}")
+
+
+def _check_values(data: dict[str, Any], source: str) -> None:
+    """Values that name things on the host (a TAP to delete, an image or kernel file to
+    open) must have vmm's shapes: a hand-edited record must not make vmm act on eth0 or on
+    ../../etc/passwd. A record that fails is reported as corrupt (``delete -f`` still works)."""
+    checks = {
+        "name": NAME_RE.fullmatch(data["name"]),
+        "id": _ID_RE.fullmatch(data["id"]),
+        "tap": data.get("tap", "") in ("", f"vmm-{data['id']}"),
+        "image": NAME_RE.fullmatch(data.get("image", "default")),
+        "kernel": NAME_RE.fullmatch(data.get("kernel", "default")),
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise RecordError(f"VM record {source}: invalid $.{key} {data.get(key)!r}")
 
 
 def _check_types(data: dict[str, Any], source: str) -> None:

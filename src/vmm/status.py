@@ -21,7 +21,7 @@ class VMView(Record):
     def state(self) -> str:
         recorded = self.vm.state
         if self.alive:
-            return VMState.RUNNING.value if recorded == VMState.STARTING.value else recorded
+            return recorded  # "starting" while (or, after a killed start, until) it is launched
         if recorded in (VMState.RUNNING.value, VMState.STOPPING.value, VMState.STARTING.value):
             return VMState.STOPPED.value  # the process is gone: the guest shut down or died
         return recorded
@@ -30,4 +30,4 @@ class VMView(Record):
 def process_ref(vm: VM) -> ProcessRef | None:
     if vm.pid is None or vm.pid_start_time is None:
         return None
-    return ProcessRef(vm.pid, vm.pid_start_time)
+    return ProcessRef(vm.pid, vm.pid_start_time, vm.pid_boot_id)

@@ -195,7 +195,3 @@ class Store:
     def vm_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
         """Guards one VM's lifecycle (start/stop/delete)."""
         return self._flock(self.locks_dir / f"{name}.lock")
-
-    def remove_vm_lock(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.locks_dir / f"{name}.lock").unlink()

@@ -40,6 +40,32 @@ def _fast_list_args(argv: list[str]) -> Namespace | None:
     return Namespace(handler=cmd_list, all="all" in flags, json="json" in flags, debug=False)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, SIGHUP or SIGINT arrived: unwinds like Ctrl-C, so every command's cleanup
+    (``finally``, ``except BaseException``) runs the same way whichever signal stopped it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    import signal
+
+    # The cleanup that follows must not be cut short by a second signal (a service manager
+    # repeats SIGTERM, an impatient user presses Ctrl-C twice): ignore the rest.
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def _handle_signals() -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, _on_signal)
+
+
 class Namespace:
     """The subset of argparse.Namespace the fast path needs."""
 
@@ -66,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         build_parser().print_help(sys.stderr)
         return 2
+    if not isinstance(args, Namespace):  # the read-only fast path needs no cleanup on signals
+        _handle_signals()
     try:
         rc = handler(args)
         return int(rc or 0)
@@ -74,9 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _print_error(exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Terminated) else 2
+        import signal
+
+        by = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+        print(f"error: interrupted{by}", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:
         return 0
     except OSError as exc:  # an unexpected file or device problem: say which, no traceback

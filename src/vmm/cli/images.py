@@ -144,23 +144,12 @@ def _progress(line: str) -> None:
     print(f"[vmm] {line}", file=sys.stderr, flush=True)
 
 
-def _sigterm_as_interrupt() -> None:
-    """Long builds clean up on SIGTERM as on Ctrl-C (temp dirs removed, nothing registered)."""
-    import signal
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def cmd_image_pull(args: argparse.Namespace) -> int:
     require_root()
     from vmm.guest import pull
 
     m = manager()
     m.store.ensure_dirs()
-    _sigterm_as_interrupt()
     k, img = pull.pull(
         m.images, m.kernels, name=args.name, base_url=args.base_url or pull.DEFAULT_BASE_URL,
         kernel=not args.rootfs_only, rootfs=not args.kernel_only, force=args.force,
@@ -177,7 +166,6 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     require_root()
     m = manager()
     m.store.ensure_dirs()
-    _sigterm_as_interrupt()
     packages = [p.strip() for p in args.packages.split(",") if p.strip()]
     img = m.images.build_debootstrap(
         args.name, args.debootstrap, mirror=args.mirror, packages=packages, size_mb=args.size,
@@ -272,7 +260,6 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
     validate_name(args.name, "kernel")
     if (m.kernels.dir / args.name).exists() and not args.force:
         raise ConflictError(f"kernel {args.name!r} already exists", hint="use -f to replace it")
-    _sigterm_as_interrupt()
     with tempfile.TemporaryDirectory(prefix=f".build-{args.name}-", dir=m.kernels.dir) as tmp:
         out = Path(tmp) / "out"
         facts = kernelbuild.build(

@@ -6,6 +6,7 @@ NICs) and return a ``ProcessRef``; a VM record can boot on either.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -13,7 +14,9 @@ from typing import Protocol
 from vmm.host.liveness import ProcessRef
 from vmm.store import RunPaths
 
-__all__ = ["BootSpec", "Drive", "Engine", "Nic", "ProcessRef", "RunPaths", "StopResult"]
+__all__ = ["BootSpec", "Drive", "Engine", "Nic", "OnSpawn", "ProcessRef", "RunPaths", "StopResult"]
+
+OnSpawn = Callable[[ProcessRef], None]
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,12 @@ class Engine(Protocol):
     def version(self) -> str | None:
         """The hypervisor's version string, or None when it is not installed."""
 
-    def launch(self, spec: BootSpec) -> ProcessRef:
-        """Start the VM detached from the caller and return its process once it is booting."""
+    def launch(self, spec: BootSpec, on_spawn: OnSpawn | None = None) -> ProcessRef:
+        """Start the VM detached from the caller and return its process once it is booting.
+
+        ``on_spawn`` is called with the process as soon as it exists, before the engine waits
+        for it or configures it: the caller records it there, so a caller killed mid-launch
+        leaves a record that names the process (and the next command can stop it)."""
 
     def stop(self, ref: ProcessRef, paths: RunPaths, *, timeout: float) -> StopResult:
         """Graceful shutdown, then SIGTERM, then SIGKILL; clean the engine's sockets."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from vmm.errors import ValidationError
 from vmm.guest.ext4 import GuestFile
 
 NETWORK_FILE = "/etc/systemd/network/10-vmm.network"
@@ -49,6 +50,35 @@ def kernel_cmdline(
     if extra.strip():
         parts.append(extra.strip())
     return " ".join(parts)
+
+
+# The longest command line vmm itself builds (addresses, hostname, two DNS servers) plus what
+# the engines append (root=, one virtio_mmio.device= per device) stays far below x86's 2,047
+# bytes; this leaves the user's --boot-args what remains with room to spare.
+BOOT_ARGS_MAX = 1024
+
+
+def validate_boot_args(extra: str, *, mounts: int = 0) -> str:
+    """``--boot-args``, checked at ``create`` so a bad value never reaches a record: one line
+    of printable ASCII, no ``root=`` (the engine sets the root device), and short enough that
+    the whole command line fits the kernel's limit with every drive attached."""
+    extra = extra.strip()
+    if any(not (" " <= c <= "~") for c in extra):
+        raise ValidationError(
+            "--boot-args may only contain printable ASCII characters (no newlines or tabs)"
+        )
+    if any(tok.startswith("root=") for tok in extra.split()):
+        raise ValidationError(
+            "--boot-args must not set root=",
+            hint="vmm attaches the VM's disk as the root device (/dev/vda) itself",
+        )
+    limit = BOOT_ARGS_MAX - 40 * mounts
+    if len(extra) > limit:
+        raise ValidationError(
+            f"--boot-args is too long ({len(extra)} characters; at most {limit} "
+            f"with {mounts} mount(s))"
+        )
+    return extra
 
 
 def networkd_file(*, mac: str, ip: str, subnet: str, gateway: str, dns: list[str]) -> str:

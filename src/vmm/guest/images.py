@@ -50,7 +50,7 @@ class ImageRegistry:
         return self.dir / f"{name}.ext4"
 
     def get(self, name: str) -> Image:
-        path = self.path_of(name)
+        path = self.path_of(validate_name(name, "image"))
         if not path.is_file():
             raise NotFoundError(
                 f"image {name!r} not found",

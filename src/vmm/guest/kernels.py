@@ -190,7 +190,7 @@ class KernelRegistry:
         return self.dir / f"{name}.json"
 
     def get(self, name: str) -> Kernel:
-        path = self.dir / name
+        path = self.dir / validate_name(name, "kernel")
         if not path.is_file():
             raise NotFoundError(
                 f"kernel {name!r} not found",

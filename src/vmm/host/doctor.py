@@ -132,10 +132,14 @@ class Probes:
 
         return links.list_routes(self.runner)
 
-    def vm_alive(self, pid: int | None, start_time: int | None) -> bool:
+    def vm_alive(self, pid: int | None, start_time: int | None, boot: str | None = None) -> bool:
         from vmm.host.liveness import ProcessRef, is_alive
 
-        return pid is not None and start_time is not None and is_alive(ProcessRef(pid, start_time))
+        return (
+            pid is not None
+            and start_time is not None
+            and is_alive(ProcessRef(pid, start_time, boot))
+        )
 
     def listening(self, path: Path) -> bool:
         from vmm.engines.firecracker.engine import socket_is_live
@@ -182,7 +186,7 @@ def take_inventory(data_dir: Path, probes: Probes) -> Inventory:
     return Inventory(
         names=tuple(sorted(names)),
         taps=frozenset(taps),
-        alive=frozenset(vm.name for vm in vms if probes.vm_alive(vm.pid, vm.pid_start_time)),
+        alive=frozenset(vm.name for vm in vms if probes.vm_alive(vm.pid, vm.pid_start_time, vm.pid_boot_id)),
         corrupt=tuple((p.name, p.error) for p in problems),
         tmp_files=tuple(tmp_files),
         dirs_without_record=tuple(dirs),

@@ -17,6 +17,21 @@ from vmm.record import FrozenRecord
 class ProcessRef(FrozenRecord):
     pid: int
     start_time: int  # field 22 of /proc/<pid>/stat, in clock ticks since boot
+    boot_id: str | None = None  # the host boot it belongs to; None: not recorded (old records)
+
+
+_BOOT_ID: list[str] = []
+
+
+def boot_id() -> str:
+    """This boot of the host (``/proc/sys/kernel/random/boot_id``): pids and start times
+    restart at every boot, so a pid recorded before a reboot can name any process after it."""
+    if not _BOOT_ID:
+        try:
+            _BOOT_ID.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        except OSError:
+            _BOOT_ID.append("")
+    return _BOOT_ID[0]
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -40,6 +55,8 @@ def is_alive(ref: ProcessRef | None) -> bool:
     """True when the process exists, is not a zombie and is the one we started."""
     if ref is None or ref.pid <= 0:
         return False
+    if ref.boot_id and ref.boot_id != boot_id():
+        return False  # recorded before the host rebooted: whatever has that pid is not ours
     fields = _stat_fields(ref.pid)
     if fields is None or len(fields) < 20:
         return False
@@ -59,4 +76,23 @@ def ref_for(pid: int) -> ProcessRef:
     st = start_time_of(pid)
     if st is None:
         raise EngineError(f"process {pid} exited right after it was started")
-    return ProcessRef(pid, st)
+    return ProcessRef(pid, st, boot_id() or None)
+
+
+def cmdline_of(pid: int) -> list[str] | None:
+    """The process's argv (None when it is gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def runs_with(ref: ProcessRef, needle: str) -> bool:
+    """The live process ``ref`` has ``needle`` (a VM's API socket path) in its argv.
+
+    Checked before vmm signals a VM's process: pid + start time + boot id already make a
+    mix-up unlikely, and this makes it impossible to signal a process that is not that VM's
+    hypervisor (every engine puts the VM's socket path on its command line)."""
+    argv = cmdline_of(ref.pid)
+    return argv is not None and any(needle in a for a in argv)

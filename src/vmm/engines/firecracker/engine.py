@@ -25,7 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from vmm.engines.base import BootSpec, RunPaths, StopResult
+from vmm.engines.base import BootSpec, OnSpawn, RunPaths, StopResult
 from vmm.engines.firecracker.api import DEFAULT_REQUEST_TIMEOUT, FirecrackerApi
 from vmm.engines.firecracker.bodies import (
     LogLevel,
@@ -124,8 +124,10 @@ class FirecrackerEngine:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def launch(self, spec: BootSpec) -> ProcessRef:
-        """Spawn Firecracker, configure and start the VM; return once it is Running."""
+    def launch(self, spec: BootSpec, on_spawn: OnSpawn | None = None) -> ProcessRef:
+        """Spawn Firecracker, configure and start the VM; return once it is Running.
+
+        ``on_spawn`` gets the process right after it exists (see ``Engine.launch``)."""
         requests = boot_requests(spec, log_level=self.log_level)  # validates, touches nothing
         paths = spec.paths
         check_socket_path(paths.api_socket)
@@ -140,6 +142,8 @@ class FirecrackerEngine:
         api = self.api(paths)
         try:
             ref = ref_for(proc.pid)
+            if on_spawn is not None:
+                on_spawn(ref)
             self._wait_for_api(proc, api, paths)
             for req in requests:
                 api.send(req)

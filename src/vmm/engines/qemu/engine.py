@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmm.engines.base import BootSpec, Engine, RunPaths, StopResult
+from vmm.engines.base import BootSpec, Engine, OnSpawn, RunPaths, StopResult
 from vmm.engines.qemu.accel import host_tsc_khz, resolve_accel
 from vmm.engines.qemu.argv import build_argv
 from vmm.engines.qemu.qmp import QmpClient, qmp_execute
@@ -32,6 +32,7 @@ from vmm.errors import ConflictError, EngineError, NotFoundError, ValidationErro
 from vmm.host.process import (
     ProcessRef,
     is_alive,
+    ref_for,
     spawn_detached,
     start_time_of,
     stop_escalating,
@@ -179,8 +180,11 @@ class QemuEngine:
 
     # -- launch ---------------------------------------------------------------------------
 
-    def launch(self, spec: BootSpec) -> ProcessRef:
+    def launch(self, spec: BootSpec, on_spawn: OnSpawn | None = None) -> ProcessRef:
         """Start QEMU detached and return once QMP reports the VM running.
+
+        ``on_spawn`` gets the process right after it exists, so the caller can record it
+        before anything else can go wrong (a killed ``vmm start`` must not leak a QEMU).
 
         Bad input fails before anything is spawned. If QEMU exits during start-up (a TAP it
         cannot open, an image locked by another VM), the error carries its exit code and the
@@ -201,6 +205,8 @@ class QemuEngine:
         offset = paths.engine_log.stat().st_size if paths.engine_log.exists() else 0
         proc = spawn_detached(argv, log_path=paths.engine_log)
         try:
+            if on_spawn is not None:
+                on_spawn(ref_for(proc.pid))
             ref = self._wait_ready(proc, paths, offset, argv)
         except BaseException:
             self._abort(proc, paths)

@@ -369,6 +369,10 @@ class Manager:
                     tmp.unlink()
             vm.rootfs_ready = True
             self.store.save(vm)
+        elif ext4.make_consistent(self.runner, rootfs, what=f"the disk of VM {vm.name!r}"):
+            # The guest stopped uncleanly (killed, SIGTERM, host crash): its journal is replayed
+            # before vmm's edits below, never after them.
+            log.warning("note: VM %s was not shut down cleanly: its disk's journal was replayed", vm.name)
         networkd = next(
             (
                 p

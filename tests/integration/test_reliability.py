@@ -205,3 +205,40 @@ def test_create_validates_names_and_boot_args(fc: VmmEnv, args: list[str], messa
     assert r.returncode == 1
     assert r.stderr.startswith(message), r.stderr
     assert sorted(p.name for p in (fc.data_dir / "vms").iterdir()) == before
+
+
+def debugfs_w(image: Path, *commands: str) -> None:
+    for c in commands:
+        subprocess.run(["debugfs", "-w", "-R", c, str(image)], check=True, capture_output=True)
+
+
+def test_start_replays_the_journal_of_an_unclean_disk_before_editing_it(fc: VmmEnv, netns: NetNS) -> None:
+    fc.run("start", "fc1", "--no-wait", ns=netns, check=True)
+    fc.run("stop", "fc1", ns=netns, check=True)
+    rootfs = fc.data_dir / "vms" / "fc1" / "rootfs.ext4"
+    debugfs_w(rootfs, "feature needs_recovery", "ssv state 0")  # as a killed guest leaves it
+    r = fc.run("start", "fc1", "--no-wait", ns=netns)
+    assert r.returncode == 0, r.stderr
+    assert "note: VM fc1 was not shut down cleanly: its disk's journal was replayed" in r.stderr
+    fc.run("stop", "fc1", ns=netns, check=True)
+    check = subprocess.run(["e2fsck", "-fn", str(rootfs)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_start_refuses_to_edit_a_disk_that_needs_a_manual_repair(fc: VmmEnv, netns: NetNS) -> None:
+    fc.run("start", "fc1", "--no-wait", ns=netns, check=True)
+    fc.run("stop", "fc1", ns=netns, check=True)
+    rootfs = fc.data_dir / "vms" / "fc1" / "rootfs.ext4"
+    debugfs_w(rootfs, "sif /etc/hostname block[0] 99999999", "ssv state 0")
+    network_file = ["debugfs", "-R", "stat /etc/systemd/network/10-vmm.network", str(rootfs)]
+    before = subprocess.run(network_file, capture_output=True, text=True, check=True).stdout
+    r = fc.run("start", "fc1", "--no-wait", ns=netns)
+    assert r.returncode == 1
+    assert r.stderr.startswith(
+        f"error: the disk of VM 'fc1' ({rootfs}) has errors that need a manual repair"
+    ), r.stderr
+    assert f"hint: repair it with 'e2fsck -f {rootfs}'" in r.stderr
+    after = subprocess.run(network_file, capture_output=True, text=True, check=True).stdout
+    assert after == before, "vmm edited a disk it refused to repair"
+    assert netns.pids() == [] and vm_taps(netns) == []
+    assert record(fc)["state"] == "error"

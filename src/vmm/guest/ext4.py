@@ -48,6 +48,45 @@ def is_ext4(path: Path) -> bool:
         return False
 
 
+def superblock_state(image: Path) -> tuple[int, int]:
+    """``(s_state, s_feature_incompat)`` of the ext4 superblock."""
+    import struct
+
+    with image.open("rb") as f:
+        f.seek(1024)
+        sb = f.read(0x64)
+    (state,) = struct.unpack_from("<H", sb, 0x3A)
+    (incompat,) = struct.unpack_from("<I", sb, 0x60)
+    return state, incompat
+
+
+def needs_repair(image: Path) -> bool:
+    """The filesystem was not unmounted cleanly (its journal holds changes not yet in place,
+    or it is not marked clean) or has recorded errors: editing it now would work on stale
+    metadata — the guest replays the journal at its next mount, over vmm's edits."""
+    state, incompat = superblock_state(image)
+    valid, errors, recover = state & 0x1, state & 0x2, incompat & 0x4
+    return bool(recover or errors or not valid)
+
+
+def make_consistent(runner: Runner, image: Path, *, what: str) -> bool:
+    """Before vmm edits or reads a guest-written filesystem: replay its journal and fix what
+    ``e2fsck -p`` (preen) fixes safely. Returns True when it had to. Refuses with a clear
+    error when the damage needs decisions (``e2fsck -p`` exit 4 or more): vmm never edits a
+    filesystem in that state."""
+    if not needs_repair(image):
+        return False
+    result = runner.run(["e2fsck", "-p", str(image)], check=False, timeout=1800)
+    if result.returncode >= 4:
+        raise VmmError(
+            f"{what} ({image}) has errors that need a manual repair (e2fsck -p exit "
+            f"{result.returncode}); vmm did not change it",
+            details=(result.stdout + result.stderr).strip() or None,
+            hint=f"repair it with 'e2fsck -f {image}' (it asks before each fix), then try again",
+        )
+    return True
+
+
 def copy_sparse(runner: Runner, src: Path, dst: Path) -> None:
     """Copy keeping holes, and share blocks (reflink) where the filesystem can."""
     runner.run(["cp", "--sparse=always", "--reflink=auto", str(src), str(dst)], timeout=1800)

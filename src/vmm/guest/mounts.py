@@ -298,24 +298,9 @@ def superblock_stamp(image: Path) -> str:
     return f"{count}:{mtime}:{wtime}:{kbytes}:{state}:{incompat:x}:{free_blocks}:{free_inodes}"
 
 
-def needs_recovery(image: Path) -> bool:
-    """The journal holds changes not yet in the filesystem (the guest did not unmount cleanly)."""
-    with image.open("rb") as f:
-        f.seek(1024 + 0x60)
-        (incompat,) = struct.unpack("<I", f.read(4))
-    return bool(incompat & 0x4)
-
-
 def recover(runner: Runner, image: Path) -> None:
     """Replay the journal (what the guest's next mount would do) so rdump sees its last writes."""
-    if needs_recovery(image):
-        result = runner.run(["e2fsck", "-p", str(image)], check=False, timeout=600)
-        if result.returncode >= 4:
-            raise VmmError(
-                f"the mount image {image} is damaged (e2fsck exit {result.returncode})",
-                details=result.stderr or result.stdout,
-                hint=f"repair it with: e2fsck -f {image}",
-            )
+    ext4.make_consistent(runner, image, what="the mount image")
 
 
 def rdump(runner: Runner, image: Path, dest: Path) -> None:

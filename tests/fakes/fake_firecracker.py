@@ -5,7 +5,7 @@ It serves the v1.11 API over HTTP/1.1 on the ``--api-sock`` Unix socket, validat
 against the official spec (``fc_spec``), keeps the Not started -> Running (-> Paused) state
 machine and answers like Firecracker: 204 for a successful PUT/PATCH, 200 + JSON for a GET,
 400 + ``{"fault_message": ...}`` for anything rejected, including unknown paths and methods.
-Where Firecracker's own wording is known (shared/docs/firecracker.md, api_server/
+Where Firecracker's own wording is known (docs/firecracker.md, API conventions; api_server/
 parsed_request.rs) the fault messages are exact; resource errors are close paraphrases.
 
 Like the real one it opens kernel, initrd, drives and the logger file at PUT time, prints the

@@ -1,7 +1,8 @@
 """Keep the fake firecracker honest: its CLI and API behave like Firecracker v1.11's.
 
 The messages checked verbatim are the ones Firecracker's source and docs spell out
-(api_server/parsed_request.rs, rpc_interface.rs, shared/docs/firecracker.md §1-§3).
+(api_server/parsed_request.rs, rpc_interface.rs; docs/firecracker.md, Identifiers, API
+conventions and "Process, console and signals").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Every Firecracker request body vmm can build, validated against the official v1.11 spec.
 
-The spec (shared/firecracker/v1.11.0/firecracker.yaml, beside the repository) is turned into
+The spec (tests/data/firecracker/v1.11.0/firecracker.yaml, in the repository) is turned into
 JSON Schema with ``additionalProperties: false`` on every object, like Firecracker's
 ``deny_unknown_fields``. A missing spec is a failure, not a skip: without it nothing here
 would prove anything.
@@ -242,7 +242,7 @@ def test_boot_sequence_order() -> None:
 
 
 def test_bodies_match_the_documented_examples() -> None:
-    """shared/docs/firecracker.md §4, the sequence from Firecracker's own docs."""
+    """docs/firecracker.md, Boot sequence: each body as the table there describes it."""
     assert bodies.logger_body(Path("/var/lib/vmm/vms/NAME/firecracker.log")) == {
         "log_path": "/var/lib/vmm/vms/NAME/firecracker.log",
         "level": "Info",

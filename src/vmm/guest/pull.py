@@ -1,6 +1,6 @@
 """``vmm image pull``: Firecracker v1.11's CI guest (kernel + Ubuntu 24.04 rootfs).
 
-The artifacts bucket (firecracker.md §12.1) is listed with S3's ``list-type=2`` API; the newest
+The CI artifacts bucket (Firecracker's docs/getting-started.md names it) is listed with S3's ``list-type=2`` API; the newest
 ``vmlinux-6.1.N`` is taken (``vmlinux-5.10.N`` when there is no 6.1), and
 ``ubuntu-24.04.squashfs`` is converted to ext4 by the squashfs import (``unsquashfs`` +
 ``mkfs.ext4 -d``). Downloads go to a ``.part`` file renamed when complete; the sha256 of what

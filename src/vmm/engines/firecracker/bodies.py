@@ -2,8 +2,9 @@
 
 Nothing here touches the host: the engine applies the ``ApiRequest`` list that
 ``boot_requests`` returns, and the unit tests validate each body against the official spec
-(``shared/firecracker/v1.11.0/firecracker.yaml``). Rules Firecracker enforces only at run time
-are checked here first, so a bad spec fails before a process is spawned:
+(``tests/data/firecracker/v1.11.0/firecracker.yaml``). Rules Firecracker enforces only at run
+time are checked here first, so a bad spec fails before a process is spawned (see
+docs/firecracker.md, Identifiers, API conventions and Boot sequence):
 
 - every config struct is ``deny_unknown_fields``: the builders emit only spec properties and
   never ``null``;

@@ -41,7 +41,7 @@ from vmm.models import (
 )
 from vmm.runner import Runner
 from vmm.status import VMView, process_ref
-from vmm.store import Store
+from vmm.store import PRIVATE_FILE, Store, set_mode
 
 if TYPE_CHECKING:
     from vmm.network.firewall import FirewallSpec
@@ -260,6 +260,7 @@ class Manager:
                     engine.kill(ref, paths)
             engine.check_available()
             kernel = self.kernels.get(vm.kernel)
+            self.store.ensure_dirs()  # also brings an older data dir's modes up to date
             engine.cleanup(paths)  # a crashed previous run may have left sockets behind
             accel = self._resolve_accel(vm)
 
@@ -288,6 +289,8 @@ class Manager:
                 spec = self._boot_spec(vm, kernel.path, kernel.initrd, paths, accel)
                 launched = engine.launch(spec, on_spawn=record_spawn)
                 faults.point("start.launched")
+                for sock in (paths.api_socket, paths.console_socket):
+                    set_mode(sock, PRIVATE_FILE)  # in a 0700 directory already; root's alone
                 vm.pid, vm.pid_start_time, vm.pid_boot_id = (
                     launched.pid, launched.start_time, launched.boot_id
                 )
@@ -346,8 +349,7 @@ class Manager:
     def _prepare_rootfs(self, vm: VM) -> None:
         """First start: copy the image and grow it; every start: vmm's network file."""
         rootfs = self.store.rootfs_path(vm.name)
-        vm_dir = self.store.vm_dir(vm.name)
-        vm_dir.mkdir(parents=True, exist_ok=True)
+        vm_dir = self.store.ensure_vm_dir(vm.name)
         if not vm.rootfs_ready or not rootfs.exists():
             image = self.images.get(vm.image)
             tmp = vm_dir / ".rootfs.ext4.tmp"
@@ -363,13 +365,16 @@ class Manager:
                 )
                 if vm.ssh_public_key:
                     ext4.set_dir_mode(self.runner, tmp, "/root/.ssh", 0o700)
+                os.chmod(tmp, PRIVATE_FILE)
                 os.replace(tmp, rootfs)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
             vm.rootfs_ready = True
             self.store.save(vm)
-        elif ext4.make_consistent(self.runner, rootfs, what=f"the disk of VM {vm.name!r}"):
+        else:
+            set_mode(rootfs, PRIVATE_FILE)  # a disk made by an older vmm was 0644
+        if ext4.make_consistent(self.runner, rootfs, what=f"the disk of VM {vm.name!r}"):
             # The guest stopped uncleanly (killed, SIGTERM, host crash): its journal is replayed
             # before vmm's edits below, never after them.
             log.warning("note: VM %s was not shut down cleanly: its disk's journal was replayed", vm.name)

@@ -27,6 +27,23 @@ from vmm.models import VM
 from vmm.record import FrozenRecord, Record
 
 UNIX_PATH_MAX = 107
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def set_mode(path: Path, mode: int) -> None:
+    """chmod what vmm made (owned by us, not a symbolic link): a data dir from an older vmm
+    gets today's modes, and nothing vmm does not own is ever changed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    import stat
+
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid():
+        return
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(path, mode)
 
 
 class RunPaths(FrozenRecord):
@@ -79,22 +96,35 @@ class Store:
     # -- layout -------------------------------------------------------------------------
 
     def ensure_dirs(self) -> None:
-        for d in (
-            self.root,
-            self.vms_dir,
-            self.logs_dir,
-            self.sockets_dir,
-            self.images_dir,
-            self.kernels_dir,
-            self.mounts_dir,
-            self.locks_dir,
+        """The layout, with its modes. Guest data (disks, images, console logs, sockets, mount
+        images) is root's alone: any local user could otherwise read a guest's keys and
+        /etc/shadow from its disk. Records stay world-readable, so ``vmm list`` works for
+        everyone; directories that non-root list commands read (vms/, images/) are listable,
+        the files in them that hold guest data are 0600."""
+        for d, mode in (
+            (self.root, 0o755),
+            (self.vms_dir, 0o755),
+            (self.logs_dir, PRIVATE_DIR),
+            (self.sockets_dir, PRIVATE_DIR),
+            (self.images_dir, 0o755),
+            (self.kernels_dir, 0o755),
+            (self.mounts_dir, PRIVATE_DIR),
+            (self.locks_dir, 0o755),
         ):
             try:
-                d.mkdir(parents=True, exist_ok=True, mode=0o755)
+                d.mkdir(parents=True, exist_ok=True, mode=mode)
             except PermissionError:
                 raise PermissionDenied(
                     f"cannot create {d}: permission denied", hint="run the command with sudo"
                 ) from None
+            set_mode(d, mode)
+
+    def ensure_vm_dir(self, name: str) -> Path:
+        """The VM's own directory (its disk, engine log), root's alone."""
+        d = self.vm_dir(name)
+        d.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        set_mode(d, PRIVATE_DIR)
+        return d
 
     def record_path(self, name: str) -> Path:
         return self.vms_dir / f"{name}.json"

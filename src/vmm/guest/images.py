@@ -87,7 +87,7 @@ class ImageRegistry:
         tmp = self.dir / f".{name}.importing"
         try:
             ext4.copy_sparse(self.runner, source, tmp)
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o600)  # guest data: root's alone
             os.replace(tmp, dest)
         finally:
             if tmp.exists():
@@ -141,7 +141,7 @@ class ImageRegistry:
                         "import it anyway with --as-is",
                     )
             self._mkfs_tree(staged.tree, tmp, size_mb=size_mb, what=text)
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o600)  # guest data: root's alone
             os.replace(tmp, dest)
         finally:
             staged.cleanup()
@@ -195,7 +195,7 @@ class ImageRegistry:
             )
             say("mkfs.ext4 -d (the tree becomes the image)")
             self._mkfs_tree(tree, tmp, size_mb=size_mb, what=f"debootstrap {suite}")
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o600)  # guest data: root's alone
             os.replace(tmp, dest)
         finally:
             debootstrap.remove_tree(self.runner, work)

@@ -34,8 +34,9 @@ def spawn_detached(
     O_NONBLOCK on and raw-modes its stdin), stdout and stderr appended to the VM's log.
     """
     log.debug("spawn: %s", " ".join(argv))
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # the guest's console output: root's alone (also an older log)
         return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from vmm.errors import ConfigError, VmmError
 from vmm.models import VM, VMState, validate_name
 from vmm.record import FrozenRecord
-from vmm.status import VMView
+from vmm.status import VMView, describe_stop
 
 if TYPE_CHECKING:
     from vmm.manager import Manager
@@ -135,12 +135,7 @@ def autostop(
         how = manager.stop(name, timeout=timeout)
         if how == "not-running":
             return Outcome(name, "not-running", "it exited by itself")
-        detail = {
-            "graceful": "shut down",
-            "sigterm": "terminated (SIGTERM)",
-            "sigkill": "killed (SIGKILL)",
-        }
-        return Outcome(name, "stopped", detail.get(how, how))
+        return Outcome(name, "stopped", describe_stop(how))
 
     outcomes = [Outcome(p.name, "failed", f"cannot read its record: {p.error}") for p in problems]
     for o in outcomes:

@@ -28,7 +28,7 @@ from vmm.guest import customize, ext4
 from vmm.guest.images import ImageRegistry
 from vmm.guest.kernels import KernelRegistry
 from vmm.host.liveness import runs_with
-from vmm.host.process import ProcessRef, is_alive, log_tail
+from vmm.host.process import GracefulStep, ProcessRef, is_alive, log_tail
 from vmm.models import (
     VM,
     VMState,
@@ -132,10 +132,6 @@ class Manager:
     def get(self, name: str) -> VM:
         validate_name(name)
         return self.store.load(name)
-
-    def list(self) -> tuple[list[VMView], list[tuple[str, str]]]:
-        vms, problems = self.store.load_all()
-        return [self.view(vm) for vm in vms], [(p.name, p.error) for p in problems]
 
     # -- create -------------------------------------------------------------------------
 
@@ -356,15 +352,20 @@ class Manager:
             try:
                 ext4.copy_sparse(self.runner, image.path, tmp)
                 ext4.grow(self.runner, tmp, vm.disk_mb)
+                from vmm.host import ssh
+
+                _key, power_public = ssh.power_key(self.runner, self.store.root)
                 ext4.write_files(
                     self.runner,
                     tmp,
                     customize.first_boot_files(
-                        hostname=vm.name, ssh_public_key=vm.ssh_public_key, dns=vm.dns_servers
+                        hostname=vm.name,
+                        ssh_public_key=vm.ssh_public_key,
+                        dns=vm.dns_servers,
+                        power_key=ssh.power_key_line(power_public),
                     ),
                 )
-                if vm.ssh_public_key:
-                    ext4.set_dir_mode(self.runner, tmp, "/root/.ssh", 0o700)
+                ext4.set_dir_mode(self.runner, tmp, "/root/.ssh", 0o700)
                 os.chmod(tmp, PRIVATE_FILE)
                 os.replace(tmp, rootfs)
             finally:
@@ -557,7 +558,9 @@ class Manager:
                 vm.state = VMState.STOPPING.value
                 self.store.save(vm)
                 faults.point("stop.stopping")
-                how = engine.stop(ref, paths, timeout=timeout).how
+                how = engine.stop(
+                    ref, paths, timeout=timeout, guest_steps=self._guest_stop_steps(vm, engine)
+                ).how
                 faults.point("stop.stopped")
         with contextlib.suppress(Exception):
             engine.cleanup(paths)
@@ -570,6 +573,25 @@ class Manager:
         if vm.port_forwards:
             self.rebuild_network_rules()  # withdraw this VM's forwards
         return how
+
+    def _guest_stop_steps(self, vm: VM, engine: Engine) -> list[GracefulStep]:
+        """``poweroff`` (or ``reboot``, per engine) over SSH with vmm's own key, when the VM
+        has it (VMs whose disk was made by an older vmm do not)."""
+        from vmm.host import ssh
+
+        key = self.store.root / "ssh" / ssh.POWER_KEY_NAME
+        if not key.is_file():
+            return []
+        command = engine.guest_stop_command
+
+        def over_ssh() -> bool:
+            argv = ssh.power_argv(ip=vm.ip, key=key, command=command)
+            result = self.runner.run(argv, check=False, timeout=20)
+            # 255 is ssh's own failure (refused, denied, timed out) unless the guest closed
+            # the connection because it is going down.
+            return result.returncode != 255 or "closed by remote host" in result.stderr
+
+        return [(f"ssh-{command}", over_ssh)]
 
     # -- delete -------------------------------------------------------------------------
 

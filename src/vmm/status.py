@@ -31,3 +31,18 @@ def process_ref(vm: VM) -> ProcessRef | None:
     if vm.pid is None or vm.pid_start_time is None:
         return None
     return ProcessRef(vm.pid, vm.pid_start_time, vm.pid_boot_id)
+
+
+_STOPPED_BY = {
+    "acpi": "shut down by the ACPI power button",
+    "ctrl-alt-del": "shut down by Ctrl-Alt-Del",
+    "ssh-poweroff": "shut down by poweroff over SSH",
+    "ssh-reboot": "shut down by reboot over SSH",
+    "sigterm": "terminated (SIGTERM)",
+    "sigkill": "killed (SIGKILL)",
+}
+
+
+def describe_stop(how: str) -> str:
+    """What ``stop`` reports: which of the escalating steps ended the VM."""
+    return _STOPPED_BY.get(how, how)

@@ -29,7 +29,7 @@ def test_autostop_then_autostart(world: World) -> None:
     w.vmm("ssh", "boot", "--", "echo before > /root/marker && sync")
 
     stop = w.vmm("autostop")
-    assert stop.stdout.strip() == "boot: stopped (shut down)"  # ACPI power button, not a kill
+    assert stop.stdout.strip() == "boot: stopped (shut down by the ACPI power button)"
     assert json.loads(w.vmm("list", "-a", "--json").stdout)["vms"][0]["state"] == "stopped"
     assert json.loads(w.vmm("inspect", "boot").stdout)["tap"] not in w.links()
 

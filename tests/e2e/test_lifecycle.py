@@ -47,7 +47,7 @@ def test_lifecycle(world: World) -> None:
     # write something, stop, start: the disk persists and the TAP comes back
     w.vmm("ssh", "dev", "--", "echo persisted > /root/marker && sync")
     stop = w.vmm("stop", "dev")
-    assert "Stopped VM dev: shut down" in stop.stdout  # ACPI power button, not a kill
+    assert "Stopped VM dev: shut down by the ACPI power button" in stop.stdout  # not a kill
     assert tap not in w.links()
     assert json.loads(w.vmm("list", "-a", "--json").stdout)["vms"][0]["state"] == "stopped"
     stopped_again = w.vmm("stop", "dev")

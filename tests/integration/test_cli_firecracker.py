@@ -66,7 +66,7 @@ def test_firecracker_lifecycle(fc: VmmEnv, netns: NetNS) -> None:
     assert again.returncode == 1 and "already running" in again.stderr
 
     stop = fc.run("stop", "fc1", ns=netns, check=True).stdout
-    assert "shut down" in stop  # SendCtrlAltDel: the fake exits like Firecracker with reboot=k
+    assert "shut down by Ctrl-Alt-Del" in stop  # the fake exits like Firecracker with reboot=k
     assert f"vmm-{vm['id']}" not in {link["ifname"] for link in links(netns)}
     assert not (fc.data_dir / "sockets" / "fc1.sock").exists()
 

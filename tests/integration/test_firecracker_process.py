@@ -190,7 +190,7 @@ def test_launch_configures_boots_and_stops_gracefully(env: Env) -> None:
         raise
 
     result = engine.stop(ref, paths, timeout=5.0)
-    assert result.how == "graceful"
+    assert result.how == "ctrl-alt-del"
     assert not is_alive(ref)
     assert not paths.api_socket.exists()
     assert "reboot: Restarting system" in paths.console_log.read_text()
@@ -211,7 +211,7 @@ def test_minimal_spec_without_initrd_or_nics(env: Env) -> None:
     assert config["boot-source"]["initrd_path"] is None
     assert config["network-interfaces"] == []
     assert "root=/dev/vda ro" in spec.paths.console_log.read_text()
-    assert engine.stop(ref, spec.paths, timeout=5.0).how == "graceful"
+    assert engine.stop(ref, spec.paths, timeout=5.0).how == "ctrl-alt-del"
 
 
 # -- stop escalation ------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ def test_stale_socket_of_a_dead_process_is_replaced(env: Env) -> None:
     second = engine.launch(spec)  # would fail with "Failed to open the API socket" otherwise
     assert second.pid != first.pid
     assert engine.api(spec.paths).instance_info()["state"] == "Running"
-    assert engine.stop(second, spec.paths, timeout=5.0).how == "graceful"
+    assert engine.stop(second, spec.paths, timeout=5.0).how == "ctrl-alt-del"
 
 
 def test_socket_of_a_running_vm_is_not_taken_over(env: Env) -> None:
@@ -289,7 +289,7 @@ def test_socket_of_a_running_vm_is_not_taken_over(env: Env) -> None:
         assert is_alive(ref)
         assert engine.api(spec.paths).instance_info()["state"] == "Running"
     finally:
-        assert engine.stop(ref, spec.paths, timeout=5.0).how == "graceful"
+        assert engine.stop(ref, spec.paths, timeout=5.0).how == "ctrl-alt-del"
 
 
 # -- failures -------------------------------------------------------------------------------------
@@ -351,7 +351,7 @@ def test_slow_startup_is_waited_for(env: Env, monkeypatch: pytest.MonkeyPatch) -
     spec = make_spec(env.dir)
     engine = env.engine(socket_timeout=5.0)
     ref = engine.launch(spec)
-    assert engine.stop(ref, spec.paths, timeout=5.0).how == "graceful"
+    assert engine.stop(ref, spec.paths, timeout=5.0).how == "ctrl-alt-del"
 
 
 def test_startup_timeout_kills_the_process(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

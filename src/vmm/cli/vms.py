@@ -142,8 +142,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if how == "not-running":
         print(f"VM {args.name} is not running")
     else:
-        detail = {"graceful": "shut down", "sigterm": "terminated (SIGTERM)", "sigkill": "killed (SIGKILL)"}
-        print(f"Stopped VM {args.name}: {detail.get(how, how)}")
+        from vmm.status import describe_stop
+
+        print(f"Stopped VM {args.name}: {describe_stop(how)}")
     return 0
 
 

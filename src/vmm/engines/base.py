@@ -6,12 +6,13 @@ NICs) and return a ``ProcessRef``; a VM record can boot on either.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from vmm.host.liveness import ProcessRef
+from vmm.host.process import GracefulStep
 from vmm.store import RunPaths
 
 __all__ = ["BootSpec", "Drive", "Engine", "Nic", "OnSpawn", "ProcessRef", "RunPaths", "StopResult"]
@@ -58,7 +59,8 @@ class BootSpec:
 
 @dataclass(frozen=True)
 class StopResult:
-    """How a VM stopped: "graceful", "sigterm", "sigkill" or "already-stopped"."""
+    """How a VM stopped: the graceful step that worked ("acpi", "ctrl-alt-del", "ssh"), or
+    "sigterm", "sigkill", "already-stopped"."""
 
     how: str
     exit_code: int | None = None
@@ -80,8 +82,19 @@ class Engine(Protocol):
         for it or configures it: the caller records it there, so a caller killed mid-launch
         leaves a record that names the process (and the next command can stop it)."""
 
-    def stop(self, ref: ProcessRef, paths: RunPaths, *, timeout: float) -> StopResult:
-        """Graceful shutdown, then SIGTERM, then SIGKILL; clean the engine's sockets."""
+    # The command that makes the guest end this engine's process (``poweroff`` or ``reboot``).
+    guest_stop_command: str
+
+    def stop(
+        self,
+        ref: ProcessRef,
+        paths: RunPaths,
+        *,
+        timeout: float,
+        guest_steps: Sequence[GracefulStep] = (),
+    ) -> StopResult:
+        """The engine's graceful ways, then ``guest_steps``, then SIGTERM, then SIGKILL; clean
+        the engine's sockets."""
 
     def kill(self, ref: ProcessRef, paths: RunPaths) -> None:
         """Stop at once (used to undo a failed start)."""

@@ -111,16 +111,22 @@ def hosts_file(hostname: str) -> str:
     )
 
 
-def first_boot_files(*, hostname: str, ssh_public_key: str | None, dns: list[str]) -> list[GuestFile]:
-    """Files written once, when the VM's rootfs is made: the guest owns them afterwards."""
+def first_boot_files(
+    *, hostname: str, ssh_public_key: str | None, dns: list[str], power_key: str | None = None
+) -> list[GuestFile]:
+    """Files written once, when the VM's rootfs is made: the guest owns them afterwards.
+
+    ``power_key`` is vmm's own authorized_keys line (a forced command that can only power the
+    guest off), how ``vmm stop`` reaches a guest that ignores the power button."""
     files = [
         GuestFile("/etc/hostname", (hostname + "\n").encode()),
         GuestFile("/etc/hosts", hosts_file(hostname).encode()),
         GuestFile("/etc/resolv.conf", resolv_conf(dns).encode()),
     ]
-    if ssh_public_key:
-        key = ssh_public_key.strip() + "\n"
-        files.append(GuestFile("/root/.ssh/authorized_keys", key.encode(), mode=0o600))
+    keys = [k.strip() for k in (ssh_public_key, power_key) if k]
+    if keys:
+        text = "".join(k + "\n" for k in keys)
+        files.append(GuestFile("/root/.ssh/authorized_keys", text.encode(), mode=0o600))
     return files
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from vmm.errors import EngineError, tail
 from vmm.host.liveness import ProcessRef, is_alive, ref_for, start_time_of
 
-__all__ = ["ProcessRef", "is_alive", "log_tail", "ref_for", "spawn_detached", "start_time_of",
-           "stop_escalating", "wait_gone"]
+__all__ = ["GracefulStep", "ProcessRef", "is_alive", "log_tail", "ref_for", "spawn_detached",
+           "start_time_of", "stop_escalating", "wait_gone"]
 
 log = logging.getLogger(__name__)
 
@@ -76,28 +76,45 @@ def _signal(ref: ProcessRef, sig: int) -> None:
         os.kill(ref.pid, sig)
 
 
+GracefulStep = tuple[str, Callable[[], bool]]
+"""A polite way to end a guest: its name (what ``stop`` reports) and a function that sends it
+and returns False when it could not be delivered (a dead socket, no SSH)."""
+
+
 def stop_escalating(
     ref: ProcessRef,
-    graceful: Callable[[], bool] | None,
+    steps: Sequence[GracefulStep],
     *,
     timeout: float,
     term_timeout: float = 5.0,
 ) -> str:
-    """Graceful request, wait; SIGTERM, wait; SIGKILL, wait. Returns which step ended it.
+    """Each graceful step in turn, then SIGTERM, then SIGKILL. Returns the name of the step that
+    ended the process ("sigterm", "sigkill", or "already-stopped").
 
-    ``graceful`` sends the engine's polite shutdown and returns False when it could not be
-    delivered (then we go straight to SIGTERM).
+    The graceful steps share ``timeout``: the first gets half (a clean shutdown of a busy guest
+    takes time), each later one an equal part of what is left. A guest that ignores one way
+    (no ACPI button driver, Ctrl-Alt-Del masked) gets the next. Once any step was delivered,
+    later steps that cannot be delivered still wait their share (sshd is gone when the guest
+    is already shutting down), so a shutdown in progress is never cut short by a signal
+    before ``timeout``. The whole stop is bounded by ``timeout + term_timeout + 5`` seconds.
     """
     if not is_alive(ref):
         return "already-stopped"
-    if graceful is not None:
+    deadline = time.monotonic() + timeout
+    delivered_any = False
+    for i, (name, send) in enumerate(steps):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        share = remaining / 2 if i == 0 and len(steps) > 1 else remaining / (len(steps) - i)
         delivered = False
         try:
-            delivered = graceful()
-        except Exception as exc:  # a dead API socket must not prevent the stop
-            log.debug("graceful shutdown request failed: %s", exc)
-        if delivered and wait_gone(ref, timeout):
-            return "graceful"
+            delivered = send()
+        except Exception as exc:  # a dead API socket or an unreachable guest must not block the stop
+            log.debug("%s could not be delivered: %s", name, exc)
+        delivered_any = delivered_any or delivered
+        if delivered_any and wait_gone(ref, max(0.0, min(share, deadline - time.monotonic()))):
+            return name
     _signal(ref, signal.SIGTERM)
     if wait_gone(ref, term_timeout):
         return "sigterm"

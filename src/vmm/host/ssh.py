@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from vmm.config import invoking_user_home, invoking_user_ids
+from vmm.runner import Runner
 
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 
@@ -74,3 +75,58 @@ def ssh_argv(
         argv.append("--")
         argv += command
     return argv
+
+
+# -- vmm's own key: how ``vmm stop`` reaches a guest that ignores the power button ------------
+
+POWER_KEY_NAME = "vmm_power_ed25519"
+# The only thing vmm's key may do in a guest (sshd's forced command): power it off or reboot it.
+POWER_COMMAND = (
+    "case $SSH_ORIGINAL_COMMAND in "
+    "poweroff) systemctl poweroff || poweroff -f ;; "
+    "reboot) systemctl reboot || reboot -f ;; "
+    "*) echo vmm: this key may only power the guest off >&2; exit 1 ;; "
+    "esac"
+)
+
+
+def power_key(runner: Runner, data_dir: Path) -> tuple[Path, str]:
+    """vmm's own SSH key (made once, root's alone): the private key's path and the public key.
+
+    ``vmm stop`` uses it when the guest ignores the ACPI power button and Ctrl-Alt-Del (a
+    kernel without the button driver, ctrl-alt-del.target masked): ``poweroff`` over SSH is
+    still a clean shutdown, where SIGTERM would leave a dirty filesystem."""
+    d = data_dir / "ssh"
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    key = d / POWER_KEY_NAME
+    pub = key.with_name(key.name + ".pub")
+    if not (key.is_file() and pub.is_file()):
+        for p in (key, pub):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        runner.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vmm-power", "-f", str(key)],
+                   timeout=30, hint="apt-get install openssh-client")
+    return key, pub.read_text().strip()
+
+
+def power_key_line(public_key: str) -> str:
+    """The authorized_keys line for vmm's key: a forced command, no shell, no forwarding."""
+    return f'restrict,command="{POWER_COMMAND}" {public_key}'
+
+
+def power_argv(*, ip: str, key: Path, command: str, connect_timeout: int = 5) -> list[str]:
+    """ssh as root with vmm's key, never prompting; host keys are not kept (nothing secret is
+    sent: the worst an impostor learns is that vmm wanted a guest to power off)."""
+    return [
+        "ssh",
+        "-i", str(key),
+        "-o", "IdentitiesOnly=yes",
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-o", f"ConnectTimeout={connect_timeout}",
+        "-o", "LogLevel=ERROR",
+        f"root@{ip}",
+        command,
+    ]  # fmt: skip

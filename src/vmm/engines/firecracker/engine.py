@@ -7,8 +7,9 @@ next start fail with AddrInUse), creates the engine log (v1.11 refuses a missing
 console log, waits until ``GET /`` answers, sends the configuration, InstanceStart, and checks
 the state is "Running". Any failure kills the process and removes the socket.
 
-``stop`` is SendCtrlAltDel (the guest reboots with ``reboot=k`` and Firecracker exits 0),
-then SIGTERM (Firecracker has no handler for it: immediate death), then SIGKILL.
+``stop`` is SendCtrlAltDel (the guest reboots with ``reboot=k`` and Firecracker exits 0), then
+the caller's guest steps (``reboot`` over SSH), then SIGTERM (Firecracker has no handler for
+it: immediate death), then SIGKILL.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from vmm.engines.base import BootSpec, OnSpawn, RunPaths, StopResult
@@ -34,6 +36,7 @@ from vmm.engines.firecracker.bodies import (
 )
 from vmm.errors import ConflictError, EngineError, ValidationError, VmmError
 from vmm.host.process import (
+    GracefulStep,
     ProcessRef,
     is_alive,
     log_tail,
@@ -160,18 +163,30 @@ class FirecrackerEngine:
         return ref
 
     def stop(
-        self, ref: ProcessRef, paths: RunPaths, *, timeout: float = DEFAULT_STOP_TIMEOUT
+        self,
+        ref: ProcessRef,
+        paths: RunPaths,
+        *,
+        timeout: float = DEFAULT_STOP_TIMEOUT,
+        guest_steps: Sequence[GracefulStep] = (),
     ) -> StopResult:
-        """SendCtrlAltDel and wait ``timeout``; then SIGTERM; then SIGKILL. Removes the socket."""
+        """SendCtrlAltDel (the guest reboots, and with ``reboot=k`` Firecracker exits), then
+        ``guest_steps`` (the caller's way in, e.g. ``reboot`` over SSH), sharing ``timeout``;
+        then SIGTERM; then SIGKILL. Removes the socket."""
         api = self.api(paths)
 
-        def graceful() -> bool:
+        def ctrl_alt_del() -> bool:
             api.send(send_ctrl_alt_del_request(), timeout=min(self.request_timeout, timeout))
             return True
 
-        how = stop_escalating(ref, graceful, timeout=timeout, term_timeout=self.term_timeout)
+        steps = [("ctrl-alt-del", ctrl_alt_del), *guest_steps]
+        how = stop_escalating(ref, steps, timeout=timeout, term_timeout=self.term_timeout)
         self._release_socket(paths)
         return StopResult(how=how)
+
+    # On x86 Firecracker has no power-off device: a guest ``poweroff`` halts the vCPUs and the
+    # process stays; ``reboot`` (with reboot=k) ends it.
+    guest_stop_command = "reboot"
 
     def kill(self, ref: ProcessRef, paths: RunPaths) -> None:
         """SIGKILL at once (SIGTERM would be no gentler: Firecracker does not handle it)."""

@@ -20,7 +20,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ from vmm.engines.qemu.argv import build_argv
 from vmm.engines.qemu.qmp import QmpClient, qmp_execute
 from vmm.errors import ConflictError, EngineError, NotFoundError, ValidationError, VmmError, tail
 from vmm.host.process import (
+    GracefulStep,
     ProcessRef,
     is_alive,
     ref_for,
@@ -325,17 +326,34 @@ class QemuEngine:
         status = result.get("status") if isinstance(result, dict) else None
         return str(status) if status is not None else None
 
-    def stop(self, ref: ProcessRef, paths: RunPaths, *, timeout: float) -> StopResult:
-        """ACPI power button over QMP, wait ``timeout``; then SIGTERM; then SIGKILL."""
+    def stop(
+        self,
+        ref: ProcessRef,
+        paths: RunPaths,
+        *,
+        timeout: float,
+        guest_steps: Sequence[GracefulStep] = (),
+    ) -> StopResult:
+        """The ACPI power button, then Ctrl-Alt-Del on the emulated keyboard (the guest reboots,
+        and ``-no-reboot`` ends QEMU), then ``guest_steps`` (e.g. ``poweroff`` over SSH), sharing
+        ``timeout``; then SIGTERM; then SIGKILL."""
 
         def powerdown() -> bool:
             qmp_execute(paths.api_socket, "system_powerdown", timeout=self.qmp_timeout)
             return True
 
-        how = stop_escalating(ref, powerdown, timeout=timeout)
+        def ctrl_alt_del() -> bool:
+            keys = [{"type": "qcode", "data": k} for k in ("ctrl", "alt", "delete")]
+            qmp_execute(paths.api_socket, "send-key", timeout=self.qmp_timeout, keys=keys)
+            return True
+
+        steps = [("acpi", powerdown), ("ctrl-alt-del", ctrl_alt_del), *guest_steps]
+        how = stop_escalating(ref, steps, timeout=timeout)
         self._settle(ref)
         self.cleanup(paths)
         return StopResult(how)
+
+    guest_stop_command = "poweroff"
 
     def kill(self, ref: ProcessRef, paths: RunPaths) -> None:
         if is_alive(ref):

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vmm.engines.base import BootSpec, OnSpawn, RunPaths, StopResult
-from vmm.engines.firecracker.api import DEFAULT_REQUEST_TIMEOUT, FirecrackerApi
+from vmm.engines.firecracker.api import DEFAULT_REQUEST_TIMEOUT, ApiUnreachable, FirecrackerApi
 from vmm.engines.firecracker.bodies import (
     LogLevel,
     boot_requests,
@@ -176,7 +176,13 @@ class FirecrackerEngine:
         api = self.api(paths)
 
         def ctrl_alt_del() -> bool:
-            api.send(send_ctrl_alt_del_request(), timeout=min(self.request_timeout, timeout))
+            try:
+                api.send(send_ctrl_alt_del_request(), timeout=min(self.request_timeout, timeout))
+            except ApiUnreachable as exc:
+                # A reset or a late answer does not mean it was not taken: the guest may
+                # already be rebooting, and Firecracker exits right after. Wait and see.
+                log.debug("SendCtrlAltDel: %s; waiting for the VM to exit anyway", exc)
+                return paths.api_socket.exists()  # no socket at all: nothing was sent
             return True
 
         steps = [("ctrl-alt-del", ctrl_alt_del), *guest_steps]

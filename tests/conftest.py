@@ -20,6 +20,9 @@ import pytest
 
 pytest_plugins = ["tests.netns"]
 
+# Never the machine's /etc/vmm/config.json: tests that need a system config set their own.
+os.environ.setdefault("VMM_SYSTEM_CONFIG", "/nonexistent/vmm-test/system-config.json")
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -1,8 +1,15 @@
-"""The user's config file, its defaults, and where things live.
+"""The config files, their defaults, and where things live.
 
-Precedence for every value: command-line flag > config file > built-in default. The config file
-is the invoking user's ``~/.config/vmm/config.json`` — under sudo that is ``SUDO_USER``'s, not
-root's — or ``$VMM_CONFIG``. ``$VMM_DATA_DIR`` overrides ``data_dir`` (tests use both).
+Precedence for every value: command-line flag > the user's config file > the system config file
+(``/etc/vmm/config.json``) > built-in default. The user's file is the invoking user's
+``~/.config/vmm/config.json`` — under sudo that is ``SUDO_USER``'s, not root's — or
+``$VMM_CONFIG``. ``$VMM_DATA_DIR`` overrides ``data_dir`` (tests use both).
+
+vmm runs as root, and a file in a user's home is the user's to change. So when vmm runs as
+root, the settings that name a program root runs or a place root writes (``PRIVILEGED_KEYS``:
+the engine binaries, the data dir, the host network) are taken only from a file that only root
+can write (``root_only_writable``); a user's file that sets one of them to another value is an
+error that says where to put it. ``vm_defaults`` and the other settings stay per user.
 
 A file that is not valid JSON, has an unknown key or a wrong type is an error naming the field
 (``$.vm_defaults.cpus``); vmm never rewrites a file it could not read.
@@ -30,6 +37,9 @@ DEFAULT_GATEWAY = "172.16.0.1"
 DEFAULT_DNS = ("8.8.8.8", "8.8.4.4", "1.1.1.1")
 DEFAULT_IMAGE = "default"
 DEFAULT_KERNEL = "default"
+SYSTEM_CONFIG = "/etc/vmm/config.json"
+# Settings that make root run a program, write somewhere, or change the host's network.
+PRIVILEGED_KEYS = ("data_dir", "firecracker_bin", "qemu_bin", "bridge_name", "subnet", "gateway")
 ENGINES = ("firecracker", "qemu")
 ACCELS = ("auto", "kvm", "tcg")
 AUTOSTART_POLICIES = ("flagged", "running")
@@ -73,6 +83,35 @@ def config_path() -> Path:
     if env:
         return Path(env)
     return invoking_user_home() / ".config" / "vmm" / "config.json"
+
+
+def system_config_path() -> Path:
+    return Path(os.environ.get("VMM_SYSTEM_CONFIG") or SYSTEM_CONFIG)
+
+
+def root_only_writable(path: Path) -> bool:
+    """Only root can change what ``path`` holds: the file (symbolic links resolved) and every
+    directory above it belong to root and are not writable by group or others — except a
+    sticky directory such as /tmp, where others cannot replace root's entries."""
+    import stat
+
+    try:
+        real = Path(os.path.realpath(path))
+        st = os.stat(real)
+    except OSError:
+        return False
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        return False
+    for d in real.parents:
+        try:
+            dst = os.stat(d)
+        except OSError:
+            return False
+        if dst.st_uid != 0:
+            return False
+        if dst.st_mode & 0o022 and not dst.st_mode & stat.S_ISVTX:
+            return False
+    return True
 
 
 def detect_host_interface(route_file: Path = Path("/proc/net/route")) -> str:
@@ -278,27 +317,62 @@ def _parse_vm_defaults(raw: Any, path: Path, cfg: Config) -> None:
         cfg.sources["vm_defaults.dns_servers"] = "config file"
 
 
-def load_config(path: Path | None = None) -> Config:
-    """Read the config file (if any) over the defaults; never writes anything."""
-    path = path or config_path()
-    cfg = Config(path=path)
+def _read_json(path: Path) -> Any:
+    """The parsed file, or None when it does not exist."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        text = None
+        return None
     except PermissionError:
         raise ConfigError(f"cannot read config {path}: permission denied") from None
     except IsADirectoryError:
         raise ConfigError(f"config {path} is a directory, not a file") from None
-    if text is not None:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"config {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            hint="fix the file, or move it away and run 'vmm config init'",
+        ) from None
+
+
+def _check_privileged(raw: Any, path: Path, cfg: Config) -> None:
+    """As root, a file others can write may not change a privileged setting."""
+    if os.geteuid() != 0 or not isinstance(raw, dict) or root_only_writable(path):
+        return
+    changed = [k for k in PRIVILEGED_KEYS if raw.get(k) is not None and raw[k] != getattr(cfg, k)]
+    if changed:
+        raise ConfigError(
+            f"config {path} sets {', '.join(changed)}, but it is not a root-only file: vmm runs "
+            "as root and takes settings that name a program it runs or a place it writes only "
+            "from a file only root can write",
+            hint=f"move {', '.join(changed)} to {system_config_path()} (sudo vmm config init "
+            "--system writes one), and keep your own settings (vm_defaults) in your file",
+        )
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read the system and the user's config files (if any) over the defaults; never writes."""
+    path = path or config_path()
+    cfg = Config(path=path)
+    system = system_config_path()
+    if system != path:
+        raw_system = _read_json(system)
+        if raw_system is not None:
+            if os.geteuid() == 0 and not root_only_writable(system):
+                raise ConfigError(
+                    f"the system config {system} can be changed by others than root",
+                    hint=f"make it and its directories root's alone: chown root: {system}; "
+                    f"chmod go-w {system}",
+                )
+            _parse(raw_system, system, cfg)
+            for key, src in cfg.sources.items():
+                if src == "config file":
+                    cfg.sources[key] = "system config"
+    raw = _read_json(path)
+    if raw is not None:
         cfg.file_exists = True
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                f"config {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                hint="fix the file, or move it away and run 'vmm config init'",
-            ) from None
+        _check_privileged(raw, path, cfg)
         _parse(raw, path, cfg)
     if "host_interface" not in cfg.sources:
         cfg.host_interface = detect_host_interface()
@@ -319,20 +393,27 @@ def load_config(path: Path | None = None) -> Config:
     return cfg
 
 
-def write_default_config(path: Path, *, force: bool = False) -> Config:
-    """``vmm config init``: write the defaults (with the detected uplink) to ``path``."""
+def write_default_config(path: Path, *, force: bool = False, system: bool = False) -> Config:
+    """``vmm config init``: write the defaults (with the detected uplink) to ``path``.
+
+    Under sudo the user's file and the directories made for it are given to the user — only
+    what this call created: an existing directory (``VMM_CONFIG=/etc/vmm/...``) is never
+    chowned. ``system`` writes root's own file (0644, root's directories)."""
     if path.exists() and not force:
         raise ConfigError(
             f"config {path} already exists", hint="use --force to overwrite it with the defaults"
         )
     cfg = Config(path=path, host_interface=detect_host_interface())
+    created = [d for d in (path.parent.parent, path.parent) if not d.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(cfg.to_file_dict(), indent=2) + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(cfg.to_file_dict(), indent=2) + "\n")
     os.replace(tmp, path)
-    ids = invoking_user_ids()
+    ids = None if system else invoking_user_ids()
     if ids:
-        for p in (path, path.parent, path.parent.parent):
+        for p in (path, *created):
             with contextlib.suppress(OSError):
-                os.chown(p, *ids)
+                os.lchown(p, *ids)
     return cfg

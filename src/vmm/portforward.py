@@ -29,12 +29,13 @@ PROTOCOLS = ("tcp", "udp")
 def _port(text: str, what: str, spec: str) -> int:
     if not text:
         raise ValidationError(f"invalid port forward {spec!r}: missing the {what}", hint=_SPEC_HINT)
-    if not text.isdigit():
+    # ASCII digits only: str.isdigit() is true for '²' (int() refuses it) and '٨' (int() takes it)
+    if not (text.isascii() and text.isdigit()):
         raise ValidationError(f"invalid port forward {spec!r}: {what} {text!r} is not a number", hint=_SPEC_HINT)
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValidationError(f"invalid port forward {spec!r}: {what} {port} is not in 1-65535", hint=_SPEC_HINT)
-    return port
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 5 or not 1 <= int(digits) <= 65535:  # int() refuses 4300+ digits
+        raise ValidationError(f"invalid port forward {spec!r}: {what} {digits} is not in 1-65535", hint=_SPEC_HINT)
+    return int(digits)
 
 
 def _addr(text: str, spec: str) -> str | None:
@@ -94,6 +95,7 @@ def parse_key(key: str) -> tuple[str | None, int, str | None]:
 def find(forwards: list[PortForward], key: str) -> PortForward:
     """The one forward ``key`` names (see ``parse_key``)."""
     addr, port, proto = parse_key(key)
+    key = key.strip()  # as parse_key read it: the messages below stay on one line
     matches = [
         f
         for f in forwards

@@ -29,7 +29,7 @@ SHELL_BUILTINS = set(
     ["if", "then", "else", "elif", "fi", "for", "while", "until", "do", "done", "case", "esac", "in", "function", "return", "local", "export", "set", "unset", "shift", "exit", "trap", "source", "echo", "printf", "read", "cd", "pwd", "test", "true", "false", "break", "continue", "eval", "exec", "wait", "declare", "readonly", "command", "type", "hash", "getopts", "umask", "ulimit", "let", "alias", "builtin", "mapfile", "select", "time", "compgen"]
 )
 # Shell utilities every Debian system has (Essential: yes): the scripts need no entry for them.
-ESSENTIAL = """basename cut date dirname grep head id install ln mkdir mktemp mv od readlink realpath
+ESSENTIAL = """basename chmod cut date dirname grep head id install ln mkdir mktemp mv od readlink realpath
 sed sha256sum sort tail timeout touch tr truncate uname"""
 # Command-line lists in the Python sources that are not argv of a program.
 PYTHON_NOT_PROGRAMS = {"x"}  # tests/integration/test_image_build.py: package names

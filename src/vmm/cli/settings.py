@@ -7,6 +7,7 @@ from vmm.cli.common import (
     load_config,
     manager,
     print_json,
+    require_root,
     table,
 )
 
@@ -22,6 +23,12 @@ def _add_config(sub: SubParsers) -> None:
     cfg_sub = cfg.add_subparsers(title="commands", metavar="COMMAND")
     ci = cfg_sub.add_parser("init", help="write the default config file")
     ci.add_argument("--force", action="store_true", help="overwrite an existing file")
+    ci.add_argument(
+        "--system",
+        action="store_true",
+        help="write root's /etc/vmm/config.json (the only place root takes data_dir, the engine "
+        "binaries and the network from) instead of your own file",
+    )
     ci.set_defaults(handler=cmd_config_init)
     cs = cfg_sub.add_parser("show", help="each setting with where it came from")
     cs.add_argument("--json", action="store_true")
@@ -36,10 +43,12 @@ def _add_version(sub: SubParsers) -> None:
 
 
 def cmd_config_init(args: argparse.Namespace) -> int:
-    from vmm.config import config_path, write_default_config
+    from vmm.config import config_path, system_config_path, write_default_config
 
-    path = config_path()
-    cfg = write_default_config(path, force=args.force)
+    if args.system:
+        require_root()
+    path = system_config_path() if args.system else config_path()
+    cfg = write_default_config(path, force=args.force, system=args.system)
     print(f"Wrote {path} (host_interface {cfg.host_interface})")
     return 0
 

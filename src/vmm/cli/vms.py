@@ -204,6 +204,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    ssh.become_invoking_user()  # from here on, the user's own files as the user
     known = ssh.known_hosts_file()
     ssh.ensure_known_hosts(known)
     argv = ssh.ssh_argv(

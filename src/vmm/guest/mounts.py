@@ -98,9 +98,13 @@ def parse_mount_spec(spec: str) -> Mount:
 
 def check_host_dir(path: str) -> None:
     p = Path(path)
-    if not p.exists():
-        raise ValidationError(f"mount host path {path} does not exist")
-    if not p.is_dir():
+    try:
+        st = os.stat(p)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte, an unencodable name
+        if isinstance(exc, FileNotFoundError | NotADirectoryError | ValueError):
+            raise ValidationError(f"mount host path {path} does not exist") from None
+        raise ValidationError(f"mount host path {path} cannot be used: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise ValidationError(f"mount host path {path} is not a directory")
     if not os.access(p, os.R_OK | os.X_OK):
         raise ValidationError(f"mount host path {path} is not readable")

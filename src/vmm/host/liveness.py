@@ -34,21 +34,32 @@ def boot_id() -> str:
     return _BOOT_ID[0]
 
 
+def parse_stat(raw: bytes) -> list[str]:
+    """Fields 3 and on of a ``/proc/<pid>/stat`` line (``[0]`` is the state). Pure.
+
+    The command name (field 2) is in parentheses and may contain spaces, ')' and bytes that
+    are not UTF-8 (any process can name itself so): it is skipped, never decoded.
+    """
+    return raw[raw.rfind(b")") + 2 :].decode("ascii", "replace").split()
+
+
+def start_time_in(fields: list[str] | None) -> int | None:
+    """Field 22 (the start time) of ``parse_stat``'s fields, None when it is not there."""
+    if fields is None or len(fields) < 20 or not (fields[19].isascii() and fields[19].isdigit()):
+        return None
+    return int(fields[19])
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:  # gone, not ours to read, or no pid at all (a record's pid of 10**300)
         return None
-    # The command name (field 2) is in parentheses and may contain spaces or ')'.
-    rest = raw[raw.rfind(")") + 2 :].split()
-    return rest  # rest[0] is field 3 (state)
+    return parse_stat(raw)
 
 
 def start_time_of(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    if fields is None or len(fields) < 20:
-        return None
-    return int(fields[19])
+    return start_time_in(_stat_fields(pid))
 
 
 def is_alive(ref: ProcessRef | None) -> bool:
@@ -58,9 +69,8 @@ def is_alive(ref: ProcessRef | None) -> bool:
     if ref.boot_id and ref.boot_id != boot_id():
         return False  # recorded before the host rebooted: whatever has that pid is not ours
     fields = _stat_fields(ref.pid)
-    if fields is None or len(fields) < 20:
-        return False
-    if int(fields[19]) != ref.start_time:
+    start = start_time_in(fields)
+    if fields is None or start is None or start != ref.start_time:
         return False
     if fields[0] in ("Z", "X"):
         # A zombie leader whose other threads still run (QEMU, Firecracker just after a

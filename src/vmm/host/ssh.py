@@ -7,7 +7,6 @@ the user's own: addresses are reused by later VMs, and a reused address must not
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -29,25 +28,33 @@ def identity_files(vm_key_path: str | None, home: Path | None = None) -> list[Pa
     return [ssh_dir / k for k in DEFAULT_KEYS if (ssh_dir / k).is_file()]
 
 
+def become_invoking_user() -> None:
+    """Under sudo, drop to SUDO_USER for good before touching their files: ``vmm ssh`` then
+    reads their keys and writes their known_hosts as them, so root never writes through a path
+    in a user's home (a symbolic link there could point anywhere)."""
+    ids = invoking_user_ids()
+    if ids is None:
+        return
+    import pwd
+
+    uid, gid = ids
+    os.initgroups(pwd.getpwuid(uid).pw_name, gid)
+    os.setgid(gid)
+    os.setuid(uid)
+    os.environ["HOME"] = pwd.getpwuid(uid).pw_dir
+
+
 def known_hosts_file(home: Path | None = None) -> Path:
     return (home or invoking_user_home()) / ".config" / "vmm" / "known_hosts"
 
 
 def ensure_known_hosts(path: Path) -> None:
-    """Create the file (and its directory) owned by the invoking user, also under sudo."""
-    created = []
+    """Create the file (and its directory) as the current user (see ``become_invoking_user``)."""
     for d in (path.parent.parent, path.parent):
         if not d.exists():
             d.mkdir(mode=0o700, exist_ok=True)
-            created.append(d)
     if not path.exists():
-        path.touch(mode=0o600)
-        created.append(path)
-    ids = invoking_user_ids()
-    if ids:
-        for p in created:
-            with contextlib.suppress(OSError):
-                os.chown(p, *ids)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
 
 
 def ssh_argv(
@@ -96,17 +103,26 @@ def power_key(runner: Runner, data_dir: Path) -> tuple[Path, str]:
     ``vmm stop`` uses it when the guest ignores the ACPI power button and Ctrl-Alt-Del (a
     kernel without the button driver, ctrl-alt-del.target masked): ``poweroff`` over SSH is
     still a clean shutdown, where SIGTERM would leave a dirty filesystem."""
+    import fcntl
+    import tempfile
+
     d = data_dir / "ssh"
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(d, 0o700)
     key = d / POWER_KEY_NAME
     pub = key.with_name(key.name + ".pub")
-    if not (key.is_file() and pub.is_file()):
-        for p in (key, pub):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-        runner.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vmm-power", "-f", str(key)],
-                   timeout=30, hint="apt-get install openssh-client")
+    with open(d / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel first starts make one key, not a mix of two
+        if not (key.is_file() and pub.is_file()):
+            with tempfile.TemporaryDirectory(dir=d) as tmp:
+                new = Path(tmp) / POWER_KEY_NAME
+                runner.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vmm-power", "-f", str(new)],
+                    timeout=30,
+                    hint="apt-get install openssh-client",
+                )
+                os.replace(new.with_name(new.name + ".pub"), pub)
+                os.replace(new, key)  # the private key last: its presence means both are there
     return key, pub.read_text().strip()
 
 

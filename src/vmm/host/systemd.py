@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from vmm.errors import PermissionDenied, VmmError
+from vmm.errors import ConfigError, PermissionDenied, VmmError
 from vmm.record import FrozenRecord
 from vmm.runner import Runner
 
@@ -82,9 +82,19 @@ def render_unit(spec: UnitSpec) -> str:
 
 def default_spec(vmm_bin: str | None = None) -> UnitSpec:
     """The unit for this vmm: its own executable and the config/data dir now in effect."""
-    from vmm.config import config_path
+    from vmm.config import config_path, root_only_writable, system_config_path
 
-    env = [("VMM_CONFIG", str(config_path()))]
+    path = config_path()
+    env = []
+    if path.exists() and not root_only_writable(path):
+        # The unit runs vmm as root at every boot: a file a user can edit must not configure it.
+        raise ConfigError(
+            f"the service would read {path}, which others than root can change",
+            hint=f"put the settings the service needs in {system_config_path()} (sudo vmm config "
+            "init --system), then run 'sudo vmm service install' again",
+        )
+    if path.exists():
+        env.append(("VMM_CONFIG", str(path)))
     if os.environ.get("VMM_DATA_DIR"):
         env.append(("VMM_DATA_DIR", os.environ["VMM_DATA_DIR"]))
     return UnitSpec(vmm_bin=vmm_bin or find_vmm_bin(), environment=tuple(env))

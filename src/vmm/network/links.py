@@ -37,7 +37,7 @@ _TAP_RE = re.compile(rf"^{TAP_PREFIX}[a-z0-9]{{8}}$")
 
 def validate_ifname(name: str, what: str = "interface") -> str:
     """A safe interface name: 1-15 letters, digits, ``_ . -``; returned unchanged."""
-    if not isinstance(name, str) or not _IFNAME_RE.match(name):
+    if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name):
         raise ValidationError(
             f"invalid {what} name {name!r}",
             hint=f"use at most {IFNAMSIZ} letters, digits, '_', '.' or '-'",
@@ -47,7 +47,7 @@ def validate_ifname(name: str, what: str = "interface") -> str:
 
 def validate_tap_name(name: str) -> str:
     """A vmm TAP name: ``vmm-`` + the VM's 8-character id (12 chars, under the 15 limit)."""
-    if not isinstance(name, str) or not _TAP_RE.match(name):
+    if not isinstance(name, str) or not _TAP_RE.fullmatch(name):
         raise ValidationError(
             f"invalid TAP name {name!r}: expected {TAP_PREFIX}<8 lower-case letters or digits>"
         )
@@ -56,7 +56,7 @@ def validate_tap_name(name: str) -> str:
 
 def tap_name(vm_id: str) -> str:
     """The TAP device name of the VM with id ``vm_id``."""
-    if not isinstance(vm_id, str) or not _VM_ID_RE.match(vm_id):
+    if not isinstance(vm_id, str) or not _VM_ID_RE.fullmatch(vm_id):
         raise ValidationError(f"invalid VM id {vm_id!r}: expected 8 lower-case letters or digits")
     return f"{TAP_PREFIX}{vm_id}"
 

@@ -49,6 +49,9 @@ class Runner:
                 input=input,
                 capture_output=True,
                 text=True,
+                # Output that is not UTF-8 (a guest's file read back with debugfs) must not
+                # crash vmm; the bytes survive a round trip through encode("surrogateescape").
+                errors="surrogateescape",
                 timeout=timeout,
                 stdin=None if input is not None else subprocess.DEVNULL,
             )

@@ -222,7 +222,8 @@ def write_fstab(runner: Runner, rootfs: Path, mounts: list[Mount]) -> None:
     if mounts:
         ensure_guest_dirs(runner, rootfs, [guest_path(m) for m in mounts])
     if text is not None:
-        ext4.write_files(runner, rootfs, [ext4.GuestFile(FSTAB, text.encode())])
+        # The guest's own lines are kept byte for byte, whatever their encoding.
+        ext4.write_files(runner, rootfs, [ext4.GuestFile(FSTAB, text.encode(errors="surrogateescape"))])
 
 
 # -- fingerprints -----------------------------------------------------------------------
@@ -309,7 +310,10 @@ def recover(runner: Runner, image: Path) -> None:
 
 def rdump(runner: Runner, image: Path, dest: Path) -> None:
     """Copy the image's whole tree into the existing directory ``dest`` (no mount)."""
-    result = runner.run(["debugfs", "-R", f"rdump / {dest}", str(image)], timeout=1800)
+    if '"' in str(dest) or "\n" in str(dest):
+        raise VmmError(f"cannot copy files into {dest}: the path contains a quote or a newline")
+    # debugfs splits -R on spaces unless quoted: a data dir like "/srv/vm data" must survive.
+    result = runner.run(["debugfs", "-R", f'rdump / "{dest}"', str(image)], timeout=1800)
     errors = ext4.debugfs_errors(result.stderr)
     if errors:
         raise VmmError(f"could not copy files out of {image}: {errors[0]}", details="\n".join(errors))

@@ -68,7 +68,7 @@ def _nft_ruleset(runner: Runner) -> list[dict[str, Any]]:
         return []
     try:
         data = json.loads(result.stdout)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, too deep, or an int past 4300 digits
         return []
     items = data.get("nftables", []) if isinstance(data, dict) else []
     return [item for item in items if isinstance(item, dict)]
@@ -92,8 +92,13 @@ def parse_nft_blockers(items: list[dict[str, Any]]) -> list[ForwardBlocker]:
 def _nft_docker_user(items: list[dict[str, Any]]) -> tuple[str, str] | None:
     for item in items:
         chain = item.get("chain")
-        if isinstance(chain, dict) and chain.get("name") == DOCKER_USER and chain.get("family") in ("ip", "inet"):
-            return str(chain["family"]), str(chain["table"])
+        if (
+            isinstance(chain, dict)
+            and chain.get("name") == DOCKER_USER
+            and chain.get("family") in ("ip", "inet")
+            and isinstance(chain.get("table"), str)
+        ):
+            return str(chain["family"]), chain["table"]
     return None
 
 
@@ -105,8 +110,9 @@ def _nft_our_handles(items: list[dict[str, Any]], family: str, table: str) -> li
             isinstance(rule, dict)
             and (rule.get("family"), rule.get("table"), rule.get("chain")) == (family, table, DOCKER_USER)
             and rule.get("comment") == COMMENT
+            and type(rule.get("handle")) is int  # without a handle nft cannot delete it
         ):
-            handles.append(int(rule["handle"]))
+            handles.append(rule["handle"])
     return handles
 
 

@@ -66,11 +66,19 @@ def _load(text: str, what: str) -> list[dict[str, Any]]:
         return []
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also too deep, or an int past 4300 digits
         raise VmmError(f"cannot parse the output of `{what}`: {exc}") from None
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise VmmError(f"cannot parse the output of `{what}`: expected a JSON list of objects")
     return data
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def parse_links(text: str) -> list[Link]:
@@ -80,12 +88,12 @@ def parse_links(text: str) -> list[Link]:
         try:
             name = str(item["ifname"])
             ifindex = int(item["ifindex"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: 1e400
             raise VmmError(
                 "cannot parse the output of `ip -j link show`: an entry lacks ifname/ifindex"
             ) from None
-        info = item.get("linkinfo") or {}
-        data = info.get("info_data") or {}
+        info = _dict(item.get("linkinfo"))
+        data = _dict(info.get("info_data"))
         kind = info.get("info_kind")
         links.append(
             Link(
@@ -94,7 +102,7 @@ def parse_links(text: str) -> list[Link]:
                 kind=str(kind) if kind else None,
                 tun_type=str(data["type"]) if kind == "tun" and "type" in data else None,
                 master=str(item["master"]) if item.get("master") else None,
-                flags=frozenset(str(f) for f in item.get("flags", [])),
+                flags=frozenset(str(f) for f in _list(item.get("flags"))),
                 operstate=str(item.get("operstate", "UNKNOWN")),
                 mac=str(item["address"]) if item.get("address") else None,
             )
@@ -138,8 +146,8 @@ def parse_addresses(text: str) -> dict[str, list[IPv4Interface]]:
     for item in _load(text, "ip -j addr show"):
         name = str(item.get("ifname", ""))
         addrs = result.setdefault(name, [])
-        for info in item.get("addr_info", []):
-            if info.get("family") != "inet":
+        for info in _list(item.get("addr_info")):
+            if not isinstance(info, dict) or info.get("family") != "inet":
                 continue
             try:
                 addrs.append(IPv4Interface(f"{info['local']}/{info['prefixlen']}"))

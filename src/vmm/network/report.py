@@ -23,14 +23,16 @@ def _dnat_count(data: dict[str, Any]) -> int:
     from vmm.network import firewall
 
     chain = firewall.summarize(data).get("prerouting", {"rules": []})
-    return sum(1 for rule in chain["rules"] if any("dnat" in e for e in rule if isinstance(e, dict)))
+    rules = [rule for rule in chain["rules"] if isinstance(rule, list)]  # nft's "expr" lists
+    return sum(1 for rule in rules if any("dnat" in e for e in rule if isinstance(e, dict)))
 
 
 def _has_masquerade(data: dict[str, Any]) -> bool:
     from vmm.network import firewall
 
     chain = firewall.summarize(data).get("postrouting", {"rules": []})
-    return any(any("masquerade" in e for e in rule if isinstance(e, dict)) for rule in chain["rules"])
+    rules = [rule for rule in chain["rules"] if isinstance(rule, list)]  # nft's "expr" lists
+    return any(any("masquerade" in e for e in rule if isinstance(e, dict)) for rule in rules)
 
 
 def _stale_taps(m: Manager) -> list[str]:

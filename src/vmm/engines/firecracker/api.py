@@ -136,7 +136,7 @@ class FirecrackerApi:
     def _decode_object(method: str, path: str, raw: bytes) -> dict[str, Any]:
         try:
             value = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise EngineError(f"firecracker sent invalid JSON for {method} {path}: {exc}") from None
         if not isinstance(value, dict):
             raise EngineError(f"firecracker sent a non-object for {method} {path}: {value!r}")
@@ -147,7 +147,7 @@ class FirecrackerApi:
         text = raw.decode(errors="replace").strip()
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return text or "(no fault message)"
         if isinstance(value, dict) and isinstance(value.get("fault_message"), str):
             return str(value["fault_message"])

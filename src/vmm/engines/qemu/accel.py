@@ -106,7 +106,10 @@ def parse_cpuinfo_tsc_khz(cpuinfo: str) -> int | None:
     match = _CPU_MHZ.search(cpuinfo)
     if match is None:
         return None
-    khz = round(float(match.group(1)) * 1000)
+    mhz = float(match.group(1))
+    if not mhz < 1e9:  # a run of 400 digits is inf: round() would raise OverflowError
+        return None
+    khz = round(mhz * 1000)
     return khz if khz > 0 else None
 
 

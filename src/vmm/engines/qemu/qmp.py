@@ -135,6 +135,8 @@ class QmpClient:
                 continue
             if "error" in message:
                 error = message["error"]
+                if not isinstance(error, dict):
+                    error = {"desc": error}
                 raise QmpError(command, str(error.get("class", "?")), str(error.get("desc", error)))
             if "return" in message:
                 return message["return"]
@@ -154,7 +156,7 @@ class QmpClient:
             raise QmpConnectionError(f"QEMU closed the QMP connection on {self.path}")
         try:
             message = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise QmpConnectionError(
                 f"QMP sent something that is not JSON: {line[:200]!r}"
             ) from exc

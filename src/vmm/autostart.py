@@ -70,6 +70,8 @@ def _parallel(
     names: Iterable[str],
     work: Callable[[str], Outcome],
     on_done: Callable[[Outcome], None] | None,
+    *,
+    limit: int | None = MAX_PARALLEL,
 ) -> list[Outcome]:
     names = list(names)
     if not names:
@@ -87,7 +89,7 @@ def _parallel(
             on_done(outcome)
         return outcome
 
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(names))) as pool:
+    with ThreadPoolExecutor(max_workers=min(limit or len(names), len(names))) as pool:
         return list(pool.map(guarded, names))
 
 
@@ -141,7 +143,9 @@ def autostop(
     for o in outcomes:
         if on_done is not None:
             on_done(o)
-    return outcomes + _parallel(running, stop, on_done)
+    # All at once: a stop mostly waits for its guest, and systemd's TimeoutStopSec for the
+    # whole host shutdown is one VM's escalation plus a margin, however many VMs there are.
+    return outcomes + _parallel(running, stop, on_done, limit=None)
 
 
 # -- autostart ------------------------------------------------------------------------------

@@ -25,14 +25,44 @@ __all__ = ["GracefulStep", "ProcessRef", "is_alive", "log_tail", "ref_for", "spa
 log = logging.getLogger(__name__)
 
 
+def systemd_is_init(run_dir: Path = Path("/run/systemd/system")) -> bool:
+    """systemd runs the host (PID 1): what ``sd_booted()`` checks."""
+    return run_dir.is_dir()
+
+
+def in_own_scope(argv: Sequence[str], *, vm_name: str, systemd_run: str | None) -> list[str]:
+    """``argv`` started in a transient scope of its own, in ``vmm.slice`` (pure).
+
+    Without it a VM started from a login session lives in that session's cgroup, and the end of
+    the session (logind's KillUserProcesses, or a stop of the unit that ran ``vmm start``) kills
+    it with no shutdown. ``Before=vmm.service`` orders the scopes so that at host shutdown
+    ``vmm autostop`` (vmm.service's ExecStop) shuts the guests down before systemd signals
+    what is left. ``systemd-run --scope`` execs the command, so the pid is the hypervisor's."""
+    if systemd_run is None:
+        return list(argv)
+    return [
+        systemd_run, "--scope", "--quiet", "--collect", "--slice=vmm.slice",
+        f"--description=vmm VM {vm_name}", "--property=Before=vmm.service", "--", *argv,
+    ]  # fmt: skip
+
+
 def spawn_detached(
-    argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    vm_name: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a hypervisor that outlives this command.
 
     Own session (no signals from the user's terminal), stdin from /dev/null (Firecracker sets
-    O_NONBLOCK on and raw-modes its stdin), stdout and stderr appended to the VM's log.
+    O_NONBLOCK on and raw-modes its stdin), stdout and stderr appended to the VM's log. With
+    ``vm_name`` on a host that systemd runs, in its own scope (``in_own_scope``).
     """
+    if vm_name is not None and systemd_is_init():
+        import shutil
+
+        argv = in_own_scope(argv, vm_name=vm_name, systemd_run=shutil.which("systemd-run"))
     log.debug("spawn: %s", " ".join(argv))
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     try:

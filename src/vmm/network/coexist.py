@@ -98,7 +98,7 @@ def _nft_docker_user(items: list[dict[str, Any]]) -> tuple[str, str] | None:
             and chain.get("family") in ("ip", "inet")
             and isinstance(chain.get("table"), str)
         ):
-            return str(chain["family"]), chain["table"]
+            return str(chain["family"]), str(chain["table"])
     return None
 
 

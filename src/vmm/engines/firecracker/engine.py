@@ -141,7 +141,7 @@ class FirecrackerEngine:
         prepare_log_file(paths.engine_log)
 
         argv = [self.binary, "--api-sock", str(paths.api_socket), "--id", spec.vm_id]
-        proc = spawn_detached(argv, log_path=paths.console_log)
+        proc = spawn_detached(argv, log_path=paths.console_log, vm_name=spec.name)
         api = self.api(paths)
         try:
             ref = ref_for(proc.pid)

@@ -204,7 +204,7 @@ class QemuEngine:
         self._prepare_paths(paths)
 
         offset = paths.engine_log.stat().st_size if paths.engine_log.exists() else 0
-        proc = spawn_detached(argv, log_path=paths.engine_log)
+        proc = spawn_detached(argv, log_path=paths.engine_log, vm_name=spec.name)
         try:
             if on_spawn is not None:
                 on_spawn(ref_for(proc.pid))

@@ -20,6 +20,10 @@ export VMM_TEST_GUEST
 [ -f "$VMM_TEST_GUEST/vmlinux" ] && [ -f "$VMM_TEST_GUEST/rootfs.ext4" ] \
   || die "the test guest was not built ($VMM_TEST_GUEST)"
 
+log "fetching Debian's cloud kernel (a real distro bzImage; cached)"
+VMM_TEST_BZIMAGE="$(bash "$REPO/scripts/fetch-distro-kernel.sh" | tail -n 1)"
+export VMM_TEST_BZIMAGE
+
 log "ruff"
 .venv/bin/ruff check src tests
 log "mypy"

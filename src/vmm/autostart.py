@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from vmm import faults
 from vmm.errors import ConfigError, VmmError
 from vmm.models import VM, VMState, validate_name
 from vmm.record import FrozenRecord
@@ -132,6 +133,7 @@ def autostop(
     running = [vm.name for vm in vms if VMView.of(vm).alive]
     if manager.store.root.is_dir():  # no data dir: nothing ran, nothing to remember
         write_running(manager, running)
+    faults.point("autostop.recorded")
 
     def stop(name: str) -> Outcome:
         how = manager.stop(name, timeout=timeout)

@@ -41,7 +41,7 @@ from vmm.models import (
 )
 from vmm.runner import Runner
 from vmm.status import VMView, process_ref
-from vmm.store import PRIVATE_FILE, Store, set_mode
+from vmm.store import PRIVATE_FILE, Store, scratch_name, set_mode
 
 if TYPE_CHECKING:
     from vmm.network.firewall import FirewallSpec
@@ -348,7 +348,7 @@ class Manager:
         vm_dir = self.store.ensure_vm_dir(vm.name)
         if not vm.rootfs_ready or not rootfs.exists():
             image = self.images.get(vm.image)
-            tmp = vm_dir / ".rootfs.ext4.tmp"
+            tmp = vm_dir / scratch_name("rootfs.ext4")
             try:
                 ext4.copy_sparse(self.runner, image.path, tmp)
                 ext4.grow(self.runner, tmp, vm.disk_mb)

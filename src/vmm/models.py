@@ -100,6 +100,10 @@ class Mount(Record):
     stamp: str | None = None  # the image's superblock stamp after the last build/sync/pull
     fingerprint: str | None = None  # digest of the image's contents at that time
     synced_at: str | None = None
+    # Set while ``mount pull`` rewrites the host directory (the image's stamp): a pull that
+    # was interrupted there may be run again without --force (the host dir differs by our own
+    # half-done copy, and the guest's data is still whole in the image).
+    pull_pending: str | None = None
 
 
 class PortForward(Record):
@@ -189,7 +193,7 @@ class VM(Record):
                 and isinstance(mount.read_only, bool)
                 and all(
                     isinstance(getattr(mount, k), (str, type(None)))
-                    for k in ("image_path", "label", "stamp", "fingerprint", "synced_at")
+                    for k in ("image_path", "label", "stamp", "fingerprint", "synced_at", "pull_pending")
                 )
             ):
                 raise RecordError(f"VM record {source}: $.mounts[{i}] has a field of the wrong type")

@@ -13,6 +13,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vmm import faults
 from vmm.errors import ConflictError, NotFoundError, ValidationError
 from vmm.models import VM, PortForward, validate_name
 from vmm.record import Record
@@ -299,6 +300,7 @@ def add(m: Manager, name: str, spec: str) -> ForwardView:
         _check_free(m, vm, fwd)
         vm.port_forwards.append(fwd)
         m.store.save(vm)
+        faults.point("port-forward-add.saved")
         active = m.vm_is_active(vm)
         if active:
             try:
@@ -322,6 +324,7 @@ def remove(m: Manager, name: str, key: str) -> ForwardView:
         fwd = find(vm.port_forwards, key)
         vm.port_forwards.remove(fwd)
         m.store.save(vm)
+        faults.point("port-forward-remove.saved")
         active = m.vm_is_active(vm)
         m.apply_network_rules_locked()
     return ForwardView(vm.name, vm.ip, fwd, active)

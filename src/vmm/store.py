@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,30 @@ def set_mode(path: Path, mode: int) -> None:
         return
     if stat.S_IMODE(st.st_mode) != mode:
         os.chmod(path, mode)
+
+
+# Temporary files and directories carry the pid of the command that made them, so that what an
+# interrupted command left behind (its pid is gone) is told apart from the work of a command
+# that is still running: ``vmm doctor`` names the former and ``--fix`` removes it.
+_SCRATCH_RE = re.compile(r"^\.(?:[\w.-]*?[.-])?(\d+)(?:[.-][\w.-]*)?\.(?:tmp|importing|building)$|^\.[a-z]+-(\d+)-")
+
+
+def scratch_name(stem: str, suffix: str = "tmp") -> str:
+    """``.<stem>.<pid>.<suffix>``: a temp file next to what it becomes."""
+    return f".{stem}.{os.getpid()}.{suffix}"
+
+
+def scratch_prefix(kind: str) -> str:
+    """``.<kind>-<pid>-``: the prefix for ``tempfile.mkdtemp`` work directories."""
+    return f".{kind}-{os.getpid()}-"
+
+
+def scratch_owner(entry: str) -> int | None:
+    """The pid a temp entry of vmm's names (None: not one of vmm's temp entries)."""
+    m = _SCRATCH_RE.match(entry)
+    if not m:
+        return None
+    return int(m.group(1) or m.group(2))
 
 
 class RunPaths(FrozenRecord):

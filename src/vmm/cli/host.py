@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from vmm.autostart import Outcome
     from vmm.cli.parser import SubParsers
+    from vmm.config import Config
+    from vmm.host.leftovers import Leftover
     from vmm.host.systemd import Service
 
 DETACH = b"\x1d"  # Ctrl-]
@@ -243,6 +245,16 @@ def cmd_autostart_flag(args: argparse.Namespace) -> int:
 # -- doctor ---------------------------------------------------------------------------------------
 
 
+def _leftovers(cfg: Config) -> list[Leftover]:
+    """What interrupted commands left (needs root to see everything; [] without a data dir)."""
+    if not cfg.data_path.is_dir() or os.geteuid() != 0:
+        return []
+    from vmm.host import leftovers
+    from vmm.manager import Manager
+
+    return leftovers.find(Manager(cfg))
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from vmm.config import Config, config_path
     from vmm.errors import ConfigError
@@ -257,12 +269,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         if os.environ.get("VMM_DATA_DIR"):
             cfg.data_dir = os.environ["VMM_DATA_DIR"]
     probes = doctor.Probes()
-    checks = doctor.run_checks(cfg, error, probes)
+
+    def report() -> tuple[list[doctor.Check], list[Leftover]]:
+        found = _leftovers(cfg) if error is None else []
+        return [*doctor.run_checks(cfg, error, probes), doctor.leftover_check(found)], found
+
+    checks, found = report()
     fixed: list[str] = []
-    if args.fix and any(c.leftovers for c in checks):
+    if args.fix and (found or any(c.leftovers for c in checks)):
         require_root()
         fixed = doctor.fix(checks, probes.runner)
-        checks = doctor.run_checks(cfg, error, probes)
+        if found:
+            from vmm.host import leftovers
+            from vmm.manager import Manager
+
+            fixed += leftovers.fix(Manager(cfg), found)
+        checks, found = report()
     ok = doctor.healthy(checks)
     if args.json:
         print_json({"healthy": ok, "checks": [c.to_json() for c in checks], "fixed": fixed})

@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from vmm import faults
 from vmm.errors import ConflictError, NotFoundError, ValidationError
 from vmm.guest import ext4
 from vmm.models import validate_name
 from vmm.runner import Runner
-from vmm.store import Store, write_atomic
+from vmm.store import Store, scratch_name, scratch_prefix, write_atomic
 
 MiB = 1024 * 1024
 
@@ -84,10 +85,11 @@ class ImageRegistry:
         if dest.exists() and not force:
             raise ConflictError(f"image {name!r} already exists", hint="use -f to replace it")
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{name}.importing"
+        tmp = self.dir / scratch_name(name, "importing")
         try:
             ext4.copy_sparse(self.runner, source, tmp)
             os.chmod(tmp, 0o600)  # guest data: root's alone
+            faults.point("image-import.copied")
             os.replace(tmp, dest)
         finally:
             if tmp.exists():
@@ -127,7 +129,7 @@ class ImageRegistry:
             return self.get(name)
         self.dir.mkdir(parents=True, exist_ok=True)
         staged = sources.stage(self.runner, source, self.dir)
-        tmp = self.dir / f".{name}.importing"
+        tmp = self.dir / scratch_name(name, "importing")
         try:
             if not as_is:  # a Debian/Ubuntu tree gets what it lacks (chroot + apt)
                 staged = sources.prepare_if_needed(self.runner, staged, self.dir)
@@ -140,8 +142,10 @@ class ImageRegistry:
                         "'apt-get install systemd-sysv openssh-server iproute2 udev'), or "
                         "import it anyway with --as-is",
                     )
+            faults.point("image-import.staged")
             self._mkfs_tree(staged.tree, tmp, size_mb=size_mb, what=text)
             os.chmod(tmp, 0o600)  # guest data: root's alone
+            faults.point("image-import.built")
             os.replace(tmp, dest)
         finally:
             staged.cleanup()
@@ -186,8 +190,8 @@ class ImageRegistry:
         say = progress or (lambda _line: None)
         self.dir.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
-        work = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=self.dir))
-        tmp = self.dir / f".{name}.importing"
+        work = Path(tempfile.mkdtemp(prefix=scratch_prefix("build"), dir=self.dir))
+        tmp = self.dir / scratch_name(name, "importing")
         try:
             tree = work / "rootfs"
             pkgs = debootstrap.build_tree(

@@ -22,10 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from vmm import faults
 from vmm.errors import ConflictError, NotFoundError, ValidationError
 from vmm.models import validate_name
 from vmm.runner import Runner
-from vmm.store import Store, write_atomic
+from vmm.store import Store, scratch_name, write_atomic
 
 EM_X86_64 = 62
 EM_AARCH64 = 183
@@ -62,12 +63,14 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
-def _segments(f: Any, endian: str, head: bytes) -> list[tuple[int, int, int]]:
+def _segments(f: Any, endian: str, head: bytes, size: int) -> list[tuple[int, int, int]]:
     """(p_type, p_offset, p_filesz) of each program header."""
     (phoff,) = struct.unpack_from(endian + "Q", head, 0x20)
     phentsize, phnum = struct.unpack_from(endian + "HH", head, 0x36)
     if not phnum:
         return []
+    if phoff > size:  # seek() refuses offsets past 2**63 (and the kernel's limit)
+        raise EOFError
     f.seek(phoff)
     table = f.read(phentsize * phnum)
     if len(table) < phentsize * phnum or phentsize < 56:
@@ -81,9 +84,9 @@ def _segments(f: Any, endian: str, head: bytes) -> list[tuple[int, int, int]]:
     return out
 
 
-def _has_pvh_note(f: Any, endian: str, segments: list[tuple[int, int, int]]) -> bool:
+def _has_pvh_note(f: Any, endian: str, segments: list[tuple[int, int, int]], file_size: int) -> bool:
     for p_type, offset, size in segments:
-        if p_type != PT_NOTE or size > 1 << 20:
+        if p_type != PT_NOTE or size > 1 << 20 or offset > file_size:  # past the end: see the caller
             continue
         f.seek(offset)
         notes = f.read(size)
@@ -146,8 +149,8 @@ def validate_elf_kernel(path: Path, machine: int | None = None) -> ElfInfo:
     size = path.stat().st_size
     try:
         with path.open("rb") as f:
-            segments = _segments(f, endian, head)
-            pvh = _has_pvh_note(f, endian, segments)
+            segments = _segments(f, endian, head, size)
+            pvh = _has_pvh_note(f, endian, segments, size)
     except (EOFError, struct.error):
         raise ValidationError(f"{path} is a truncated ELF file (its program headers are cut off)") from None
     end = max((off + sz for t, off, sz in segments if t in (PT_LOAD, PT_NOTE)), default=0)
@@ -163,6 +166,8 @@ def kernel_version(path: Path) -> str | None:
     """The release from the ``Linux version <release> (...)`` banner in the image."""
     import mmap
 
+    if path.stat().st_size == 0:
+        return None  # mmap refuses an empty file
     with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         pos = mm.find(b"Linux version ")
         while pos != -1:
@@ -231,7 +236,7 @@ class KernelRegistry:
         if dest.exists() and not force:
             raise ConflictError(f"kernel {name!r} already exists", hint="use -f to replace it")
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{name}.importing"
+        tmp = self.dir / scratch_name(name, "importing")
         fmt = "elf"
         try:
             if _is_bzimage_file(source):
@@ -241,12 +246,13 @@ class KernelRegistry:
             else:
                 validate_elf_kernel(source)
                 shutil.copyfile(source, tmp)
+            faults.point("kernel-import.copied")
             info = validate_elf_kernel(tmp)
             version = kernel_version(tmp)
             os.chmod(tmp, 0o644)
             initrd_dest = self.dir / f"{name}.initrd"
             if initrd is not None:
-                tmp_i = self.dir / f".{name}.initrd.importing"
+                tmp_i = self.dir / scratch_name(f"{name}.initrd", "importing")
                 shutil.copyfile(initrd, tmp_i)
                 os.chmod(tmp_i, 0o644)
                 os.replace(tmp_i, initrd_dest)

@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from vmm import faults
 from vmm.engines.base import Drive
 from vmm.errors import ConflictError, NotFoundError, ValidationError, VmmError
 from vmm.guest import ext4
 from vmm.models import TAG_RE, VM, Mount, validate_name
 from vmm.runner import Runner
-from vmm.store import Store
+from vmm.store import Store, scratch_name, scratch_prefix
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ def rdump(runner: Runner, image: Path, dest: Path) -> None:
 def image_digest(runner: Runner, image: Path, scratch: Path) -> str:
     recover(runner, image)
     scratch.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".digest-", dir=scratch))
+    tmp = Path(tempfile.mkdtemp(prefix=scratch_prefix("digest"), dir=scratch))
     try:
         rdump(runner, image, tmp)
         return scan_tree(tmp).digest
@@ -360,7 +361,7 @@ def build_image(runner: Runner, m: Mount, dest: Path) -> TreeScan:
     size = image_size(scan, read_only=m.read_only)
     inodes = max(scan.entries * 2 + 1024, 4096)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.building")
+    tmp = dest.with_name(scratch_name(dest.name, "building"))
     try:
         for _attempt in range(3):
             with contextlib.suppress(FileNotFoundError):
@@ -531,7 +532,9 @@ class MountImages:
                     hint=f"copy them to the host first ('vmm mount pull {name} {tag}'), "
                     "or discard them with --force",
                 )
+            faults.point("mount-sync.checked")
             self.build(m)
+            faults.point("mount-sync.built")
             self.store.save(vm)
             return m
 
@@ -553,7 +556,7 @@ class MountImages:
                 )
             recover(self.runner, image)
             self.scratch.mkdir(parents=True, exist_ok=True)
-            staged = Path(tempfile.mkdtemp(prefix=f".pull-{name}-{tag}-", dir=self.scratch))
+            staged = Path(tempfile.mkdtemp(prefix=scratch_prefix("pull"), dir=self.scratch))
             try:
                 rdump(self.runner, image, staged)
                 if to is not None:
@@ -575,15 +578,21 @@ class MountImages:
                         f"host directory {m.host_path} does not exist",
                         hint=f"pull elsewhere with --to DIR, or create {m.host_path}",
                     )
-                if not force and m.fingerprint != scan_tree(target).digest:
+                resuming = m.pull_pending is not None and m.pull_pending == superblock_stamp(image)
+                if not force and not resuming and m.fingerprint != scan_tree(target).digest:
                     raise ConflictError(
                         f"host directory {m.host_path} changed since the mount image was built; "
                         "pulling into it would overwrite those changes",
                         hint=f"pull elsewhere with --to DIR and merge by hand, or use --force "
                         f"to make {m.host_path} equal to the guest's copy",
                     )
+                m.pull_pending = superblock_stamp(image)
+                self.store.save(vm)
+                faults.point("mount-pull.mirroring")
                 mirror(self.runner, staged, target)
+                faults.point("mount-pull.mirrored")
                 self._record(m, scan_tree(target).digest, image)
+                m.pull_pending = None
                 self.store.save(vm)
                 return m, target
             finally:

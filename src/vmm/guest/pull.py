@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmm.errors import ValidationError, VmmError
+from vmm.store import scratch_prefix
 
 TYPE_CHECKING = False
 
@@ -190,7 +191,7 @@ def pull(
     arch = os.uname().machine
     prefix = PREFIX.format(arch=arch)
     images.dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".pull-", dir=images.dir))
+    work = Path(tempfile.mkdtemp(prefix=scratch_prefix("pull"), dir=images.dir))
     k = img = None
     try:
         if kernel:

@@ -29,6 +29,7 @@ from vmm.record import FrozenRecord
 
 if TYPE_CHECKING:
     from vmm.config import Config
+    from vmm.host.leftovers import Leftover
     from vmm.network.iproute import Link, Route
     from vmm.runner import Runner
 
@@ -159,8 +160,18 @@ class Inventory(FrozenRecord):
     sockets: tuple[str, ...]
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def take_inventory(data_dir: Path, probes: Probes) -> Inventory:
-    from vmm.store import Store
+    from vmm.store import Store, scratch_owner
 
     store = Store(data_dir)
     vms, problems = store.load_all()
@@ -176,7 +187,8 @@ def take_inventory(data_dir: Path, probes: Probes) -> Inventory:
     with contextlib.suppress(OSError):
         for entry in sorted(os.listdir(store.vms_dir)):
             full = store.vms_dir / entry
-            if entry.startswith(".") and entry.endswith(".tmp"):
+            owner = scratch_owner(entry)
+            if owner is not None and not _pid_alive(owner):  # not a write under way
                 tmp_files.append(str(full))
             elif full.is_dir() and not entry.startswith(".") and entry not in names:
                 dirs.append(str(full))
@@ -508,6 +520,18 @@ def _guarded(name: str, fn: Callable[[], Check]) -> Check:
             f"the check itself failed: {type(exc).__name__}: {exc}",
             "re-run with --debug",
         )
+
+
+def leftover_check(found: list[Leftover]) -> Check:
+    """What interrupted commands left (``vmm.host.leftovers``), as one line of the report."""
+    if not found:
+        return Check("leftovers", OK, "nothing left by interrupted commands")
+    return Check(
+        "leftovers",
+        WARN,
+        "; ".join(lo.what for lo in found),
+        "vmm doctor --fix removes them (and stops what an interrupted start left running)",
+    )
 
 
 def healthy(checks: list[Check]) -> bool:

@@ -106,6 +106,8 @@ def power_key(runner: Runner, data_dir: Path) -> tuple[Path, str]:
     import fcntl
     import tempfile
 
+    from vmm.store import scratch_prefix
+
     d = data_dir / "ssh"
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(d, 0o700)
@@ -114,7 +116,7 @@ def power_key(runner: Runner, data_dir: Path) -> tuple[Path, str]:
     with open(d / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel first starts make one key, not a mix of two
         if not (key.is_file() and pub.is_file()):
-            with tempfile.TemporaryDirectory(dir=d) as tmp:
+            with tempfile.TemporaryDirectory(prefix=scratch_prefix("keygen"), dir=d) as tmp:
                 new = Path(tmp) / POWER_KEY_NAME
                 runner.run(
                     ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vmm-power", "-f", str(new)],

@@ -471,6 +471,9 @@ class Manager:
             link = links.get_link(self.runner, bridge)
             if link is not None:
                 if not link.is_bridge or any(lk.master == bridge for lk in links.list_links(self.runner)):
+                    from vmm.network import sysctl
+
+                    sysctl.disable_route_localnet(bridge)  # no forward needs it any more
                     return  # something else still uses it: leave the host as it is
                 links.delete_bridge(self.runner, bridge)
             if firewall.table_exists(self.runner):
@@ -713,11 +716,12 @@ class Manager:
             return None
         spec = self._firewall_spec(starting)
         bridge = self.config.bridge_name
-        # forwards from the host's own localhost need route_localnet on the bridge
-        localhost = any(f.host_addr is None or f.host_addr.is_loopback for f in spec.forwards)
-        if localhost and links.link_exists(self.runner, bridge):
-            sysctl.enable_route_localnet(bridge)
+        # The table (with its guard against guest packets to 127/8) goes in first; only then
+        # may route_localnet open the bridge for forwards from the host's own localhost — and
+        # it is closed again as soon as no forward needs it.
         firewall.apply(self.runner, spec)
+        if links.link_exists(self.runner, bridge):
+            sysctl.set_route_localnet(bridge, firewall.needs_route_localnet(spec))
         return spec
 
     def rebuild_network_rules(self) -> FirewallSpec | None:

@@ -327,6 +327,14 @@ def remove(m: Manager, name: str, key: str) -> ForwardView:
         faults.point("port-forward-remove.saved")
         active = m.vm_is_active(vm)
         m.apply_network_rules_locked()
+        if active and not vm.port_forwards:  # hairpin only while a forward needs it
+            import contextlib
+
+            from vmm.errors import VmmError
+            from vmm.network import links
+
+            with contextlib.suppress(VmmError):
+                links.set_hairpin(m.runner, vm.tap, False)
     return ForwardView(vm.name, vm.ip, fwd, active)
 
 

@@ -40,6 +40,7 @@ class Runner:
         check: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
         hint: str | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> Result:
         argv = [str(a) for a in argv]
         log.debug("run: %s", shlex.join(argv))
@@ -47,6 +48,7 @@ class Runner:
             proc = subprocess.run(
                 argv,
                 input=input,
+                pass_fds=tuple(pass_fds),
                 capture_output=True,
                 text=True,
                 # Output that is not UTF-8 (a guest's file read back with debugfs) must not
@@ -88,6 +90,7 @@ class RecordingRunner(Runner):
         check: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
         hint: str | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> Result:
         argv = [str(a) for a in argv]
         self.calls.append(argv)

@@ -215,6 +215,7 @@ def test_apply_creates_the_table(netns: NetNS) -> None:
     in_ns(netns, firewall.apply, SPEC)
     chains = firewall.summarize(in_ns(netns, firewall.current))
     assert {name: (c["type"], c["hook"], c["prio"], c["policy"]) for name, c in chains.items()} == {
+        "localnet": ("filter", "prerouting", -300, "accept"),
         "prerouting": ("nat", "prerouting", -100, "accept"),
         "output": ("nat", "output", -100, "accept"),
         "postrouting": ("nat", "postrouting", 100, "accept"),

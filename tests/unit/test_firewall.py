@@ -23,6 +23,11 @@ GOLDEN_DEFAULT = """\
 table ip vmm {}
 delete table ip vmm
 table ip vmm {
+\tchain localnet {
+\t\ttype filter hook prerouting priority -300; policy accept;
+\t\tiifname "vmm-br0" ip daddr 127.0.0.0/8 drop
+\t\tiifname "vmm-br0" ip saddr 127.0.0.0/8 drop
+\t}
 \tchain prerouting {
 \t\ttype nat hook prerouting priority -100; policy accept;
 \t}
@@ -152,6 +157,18 @@ def test_port_forward_rejects(kwargs: dict[str, object], message: str) -> None:
             PortForward(80, A("172.16.0.2"), 80),
             PortForward(80, A("172.16.0.3"), 80, host_addr=A("10.0.0.1")),
         ),
+        (
+            PortForward(80, A("172.16.0.2"), 80, host_addr=A("10.0.0.1")),
+            PortForward(80, A("172.16.0.3"), 80),
+        ),
+        (  # the same explicit host address twice
+            PortForward(80, A("172.16.0.2"), 80, host_addr=A("10.0.0.1")),
+            PortForward(80, A("172.16.0.3"), 8000, host_addr=A("10.0.0.1")),
+        ),
+        (
+            PortForward(53, A("172.16.0.2"), 53, "udp", A("127.0.0.1")),
+            PortForward(53, A("172.16.0.2"), 5353, "udp", A("127.0.0.1")),
+        ),
     ],
 )
 def test_clashing_forwards_rejected(first: PortForward, second: PortForward) -> None:
@@ -175,8 +192,43 @@ def test_non_clashing_forwards() -> None:
         forwards=(
             PortForward(80, A("172.16.0.2"), 80, host_addr=A("10.0.0.1")),
             PortForward(80, A("172.16.0.3"), 80, host_addr=A("10.0.0.2")),
+            PortForward(81, A("172.16.0.3"), 80, host_addr=A("10.0.0.1")),
+            PortForward(80, A("172.16.0.3"), 80, "udp", A("10.0.0.1")),
         ),
     )
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (PortForward(80, A("172.16.0.2"), 80), PortForward(80, A("172.16.0.3"), 81), True),
+        (PortForward(80, A("172.16.0.2"), 80), PortForward(81, A("172.16.0.2"), 80), False),
+        (PortForward(80, A("172.16.0.2"), 80), PortForward(80, A("172.16.0.2"), 80, "udp"), False),
+        (
+            PortForward(80, A("172.16.0.2"), 80, host_addr=A("10.0.0.1")),
+            PortForward(80, A("172.16.0.3"), 80),
+            True,
+        ),
+        (
+            PortForward(80, A("172.16.0.2"), 80, host_addr=A("10.0.0.1")),
+            PortForward(80, A("172.16.0.3"), 80, host_addr=A("10.0.0.1")),
+            True,
+        ),
+        (
+            PortForward(80, A("172.16.0.2"), 80, host_addr=A("10.0.0.1")),
+            PortForward(80, A("172.16.0.3"), 80, host_addr=A("10.0.0.2")),
+            False,
+        ),
+        (
+            PortForward(80, A("172.16.0.2"), 80, host_addr=A("10.0.0.1")),
+            PortForward(81, A("172.16.0.2"), 80, host_addr=A("10.0.0.1")),
+            False,
+        ),
+    ],
+)
+def test_clashes_with(a: PortForward, b: PortForward, expected: bool) -> None:
+    assert a.clashes_with(b) is expected
+    assert b.clashes_with(a) is expected
 
 
 # -- appliers --------------------------------------------------------------------------------

@@ -3,14 +3,23 @@
 Files go in with one ``debugfs -w -f`` script per edit (a single process however many files),
 so guest disks are changed without loop devices and the host kernel never parses a filesystem
 a guest wrote.
+
+The e2fsprogs tools that parse a guest-written filesystem (``e2fsck``, ``resize2fs``,
+``debugfs``) do not run as root: a crafted filesystem that exploits a parser bug gets an
+unprivileged uid (``TOOL_UID``) with no capabilities and ``no_new_privs``, and the one file it
+may write is the image itself, which the guest controls anyway. For the duration of the call
+the image is owned by that uid and opened through a file descriptor vmm passes in
+(``/proc/self/fd/N``), so the tool needs no access to vmm's root-only directories.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +27,10 @@ from vmm.errors import CommandError, ValidationError, VmmError
 from vmm.runner import Result, Runner
 
 MiB = 1024 * 1024
+# The uid the filesystem tools run as (see the module docstring): no account, no files of
+# its own outside what vmm hands it for one call. Debian leaves 65533 unassigned (65534 is
+# nobody, whose files other services may own).
+TOOL_UID = 65533
 
 # debugfs keeps going after a failed command and exits 0, so its stderr is the error channel.
 # Its ``mkdir`` of an existing directory corrupts the filesystem (e2fsprogs 1.47.0: the inode
@@ -48,6 +61,75 @@ def is_ext4(path: Path) -> bool:
         return False
 
 
+class ToolCall:
+    """How to run one tool on an image as ``TOOL_UID`` (see ``as_tool_user``)."""
+
+    def __init__(self, prefix: list[str], image: str, dirs: list[str], fds: tuple[int, ...]):
+        self.prefix = prefix  # setpriv ... --
+        self.image = image  # the path the tool opens the image by
+        self.dirs = dirs  # the paths it reaches the handed-over directories by
+        self.fds = fds  # to pass to the child
+
+
+@contextlib.contextmanager
+def as_tool_user(
+    image: Path, *, readable: tuple[Path, ...] = (), dirs: tuple[Path, ...] = ()
+) -> Iterator[ToolCall]:
+    """Hand ``image`` (and ``readable`` files, and writable ``dirs``) to ``TOOL_UID`` for one
+    call, reachable through passed file descriptors (``/proc/self/fd/N``: no path through
+    vmm's root-only directories), and give them back afterwards. Without root there is
+    nothing to drop: the tool runs as the caller on the plain paths."""
+    if os.geteuid() != 0:
+        yield ToolCall([], str(image), [str(d) for d in dirs], ())
+        return
+    fds: list[int] = []
+    lent: list[tuple[Path, os.stat_result]] = []
+    try:
+        fd = os.open(image, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fds.append(fd)
+        lent.append((image, os.fstat(fd)))
+        os.fchown(fd, TOOL_UID, TOOL_UID)
+        dir_paths = []
+        for d in dirs:
+            dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fds.append(dfd)
+            dir_paths.append(f"/proc/self/fd/{dfd}")
+        for p in (*readable, *dirs):
+            lent.append((p, os.lstat(p)))
+            os.lchown(p, TOOL_UID, TOOL_UID)
+        prefix = [
+            "setpriv", f"--reuid={TOOL_UID}", f"--regid={TOOL_UID}", "--clear-groups",
+            "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--",
+        ]  # fmt: skip
+        yield ToolCall(prefix, f"/proc/self/fd/{fd}", dir_paths, tuple(fds))
+    finally:
+        for p, st in lent:
+            with contextlib.suppress(FileNotFoundError):
+                os.lchown(p, st.st_uid, st.st_gid)
+        for f in fds:
+            os.close(f)
+
+
+def run_tool(
+    runner: Runner,
+    image: Path,
+    argv: Callable[[ToolCall], list[str]],
+    *,
+    check: bool = True,
+    timeout: float = 120,
+    input: str | None = None,
+    readable: tuple[Path, ...] = (),
+    dirs: tuple[Path, ...] = (),
+) -> Result:
+    """Run an e2fsprogs tool on ``image`` without privileges; ``argv(call)`` builds its
+    command line from the paths in ``call`` (``call.image``, ``call.dirs``)."""
+    with as_tool_user(image, readable=readable, dirs=dirs) as call:
+        return runner.run(
+            [*call.prefix, *argv(call)], check=check, timeout=timeout, input=input,
+            pass_fds=call.fds, hint="apt-get install e2fsprogs util-linux",
+        )  # fmt: skip
+
+
 def superblock_state(image: Path) -> tuple[int, int]:
     """``(s_state, s_feature_incompat)`` of the ext4 superblock."""
     import struct
@@ -55,6 +137,8 @@ def superblock_state(image: Path) -> tuple[int, int]:
     with image.open("rb") as f:
         f.seek(1024)
         sb = f.read(0x64)
+    if len(sb) < 0x64:
+        raise VmmError(f"{image} is not an ext4 image (its superblock is cut off)")
     (state,) = struct.unpack_from("<H", sb, 0x3A)
     (incompat,) = struct.unpack_from("<I", sb, 0x60)
     return state, incompat
@@ -76,7 +160,7 @@ def make_consistent(runner: Runner, image: Path, *, what: str) -> bool:
     filesystem in that state."""
     if not needs_repair(image):
         return False
-    result = runner.run(["e2fsck", "-p", str(image)], check=False, timeout=1800)
+    result = run_tool(runner, image, lambda c: ["e2fsck", "-p", c.image], check=False, timeout=1800)
     if result.returncode >= 4:
         raise VmmError(
             f"{what} ({image}) has errors that need a manual repair (e2fsck -p exit "
@@ -103,10 +187,10 @@ def grow(runner: Runner, image: Path, size_mb: int) -> None:
     if target == current:
         return
     os.truncate(image, target)
-    result = runner.run(["e2fsck", "-f", "-p", str(image)], check=False, timeout=600)
+    result = run_tool(runner, image, lambda c: ["e2fsck", "-f", "-p", c.image], check=False, timeout=600)
     if result.returncode >= 4:
         raise CommandError(result.argv, result.returncode, result.stderr or result.stdout)
-    runner.run(["resize2fs", str(image)], timeout=600)
+    run_tool(runner, image, lambda c: ["resize2fs", c.image], timeout=600)
 
 
 def _parents(path: str) -> list[str]:
@@ -154,19 +238,27 @@ def debugfs_errors(stderr: str) -> list[str]:
 
 
 def run_debugfs(
-    runner: Runner, image: Path, commands: str, *, write: bool, timeout: float = 120
+    runner: Runner,
+    image: Path,
+    commands: str,
+    *,
+    write: bool,
+    timeout: float = 120,
+    readable: tuple[Path, ...] = (),
 ) -> Result:
-    """Run a debugfs command script against ``image`` (read-only unless ``write``)."""
-    with tempfile.NamedTemporaryFile("w", prefix="vmm-debugfs-", suffix=".cmd") as f:
-        f.write(commands)
-        f.flush()
-        argv = ["debugfs", *(["-w"] if write else []), "-f", f.name, str(image)]
-        return runner.run(argv, timeout=timeout)
+    """Run a debugfs command script against ``image`` (read-only unless ``write``); the
+    script goes in on stdin (``-f -``)."""
+    return run_tool(
+        runner, image, lambda c: ["debugfs", *(["-w"] if write else []), "-f", "-", c.image],
+        timeout=timeout, input=commands, readable=readable,
+    )  # fmt: skip
 
 
-def run_debugfs_checked(runner: Runner, image: Path, commands: str, *, what: str) -> None:
+def run_debugfs_checked(
+    runner: Runner, image: Path, commands: str, *, what: str, readable: tuple[Path, ...] = ()
+) -> None:
     """A writing debugfs script whose every command must succeed (stderr is its error channel)."""
-    errors = debugfs_errors(run_debugfs(runner, image, commands, write=True).stderr)
+    errors = debugfs_errors(run_debugfs(runner, image, commands, write=True, readable=readable).stderr)
     if errors:
         raise VmmError(f"could not {what} in {image}: {errors[0]}", details="\n".join(errors))
 
@@ -200,7 +292,8 @@ def write_files(runner: Runner, image: Path, files: list[GuestFile]) -> None:
                 out.write(f.content)
             names.append(local)
         script = debugfs_script(files, names, existing)
-        run_debugfs_checked(runner, image, script, what="write files")
+        lent = (Path(tmp), *(Path(n) for n in names))  # what debugfs reads, for this call
+        run_debugfs_checked(runner, image, script, what="write files", readable=lent)
 
 
 def set_dir_mode(runner: Runner, image: Path, path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
@@ -209,12 +302,14 @@ def set_dir_mode(runner: Runner, image: Path, path: str, mode: int, uid: int = 0
 
 
 def path_exists(runner: Runner, image: Path, path: str) -> bool:
-    result = runner.run(["debugfs", "-R", f"stat {path}", str(image)], check=False, timeout=60)
+    check_guest_path(path)
+    result = run_tool(runner, image, lambda c: ["debugfs", "-R", f"stat {path}", c.image], check=False, timeout=60)
     return result.returncode == 0 and "Inode:" in result.stdout
 
 
 def read_file(runner: Runner, image: Path, path: str) -> str | None:
-    result = runner.run(["debugfs", "-R", f"cat {path}", str(image)], check=False, timeout=60)
+    check_guest_path(path)
+    result = run_tool(runner, image, lambda c: ["debugfs", "-R", f"cat {path}", c.image], check=False, timeout=60)
     if "File not found" in result.stderr:
         return None
     return result.stdout

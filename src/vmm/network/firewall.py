@@ -12,6 +12,17 @@ needs a newer kernel (5.2) than NAT in ``ip`` tables.
 
 The chains (priorities are numbers: nft 1.0.6 rejects the ``dstnat`` keyword in ``output``):
 
+* ``localnet`` (filter, prerouting, -300: before conntrack at -200 and NAT at -100), always
+  present: drop packets arriving from the bridge with a source or destination in 127.0.0.0/8.
+  A port forward from the host's localhost needs ``route_localnet`` on the bridge, and that
+  switch also lets a guest reach services bound to the host's 127.0.0.1 by sending to
+  127.0.0.1 through its gateway (CVE-2020-8558). Nothing legitimate comes from the bridge
+  with such addresses: at this priority no NAT has been undone yet, so the guest's replies to
+  a localhost forward still carry the masqueraded bridge address, not 127.0.0.1 (they are
+  de-NAT'd at -100, after this chain), and the host's own localhost traffic arrives on ``lo``.
+  Dropping before conntrack means a refused packet leaves no connection entry either. The
+  chain does not depend on the forwards: ``route_localnet`` may also be on because another
+  tool set it (``conf/all/route_localnet`` applies to every device).
 * ``postrouting`` (nat, 100): masquerade the subnet's traffic leaving by any device but the
   bridge. Not tied to a named uplink by default, because a wrong or renamed uplink breaks NAT
   silently; ``uplink`` narrows it when the user sets one. With port forwards, also masquerade
@@ -45,6 +56,7 @@ log = logging.getLogger(__name__)
 FAMILY = "ip"
 TABLE = "vmm"
 PROTOCOLS = ("tcp", "udp")
+LOOPBACK = IPv4Network("127.0.0.0/8")  # never a valid address on the bridge (see ``localnet``)
 _NFT_HINT = "install nftables (apt-get install nftables) and check that nf_tables is available"
 
 
@@ -116,6 +128,13 @@ class FirewallSpec:
                     raise ConflictError(f"port forward {fwd} clashes with {earlier}")
 
 
+def needs_route_localnet(spec: FirewallSpec) -> bool:
+    """Whether a forward of ``spec`` catches the host's localhost (``host_addr`` None or in
+    127.0.0.0/8): only then does the bridge need ``route_localnet``
+    (``vmm.network.sysctl.set_route_localnet``), which otherwise stays off."""
+    return any(f.host_addr is None or f.host_addr.is_loopback for f in spec.forwards)
+
+
 def _q(name: str) -> str:
     return f'"{validate_ifname(name)}"'
 
@@ -145,6 +164,7 @@ def render_ruleset(spec: FirewallSpec) -> str:
         nat = [f"ip saddr {subnet} oifname {_q(spec.uplink)} masquerade"]
     if spec.forwards:
         nat.append(f"oifname {br} ct status dnat ip saddr {{ 127.0.0.0/8, {subnet} }} masquerade")
+    localnet = [f"iifname {br} ip daddr {LOOPBACK} drop", f"iifname {br} ip saddr {LOOPBACK} drop"]
     forward = [
         f"iifname {br} oifname {br} accept",
         f"iifname {br} accept",
@@ -157,6 +177,7 @@ def render_ruleset(spec: FirewallSpec) -> str:
         f"table {FAMILY} {TABLE} {{}}",
         f"delete table {FAMILY} {TABLE}",
         f"table {FAMILY} {TABLE} {{",
+        *_chain("localnet", "type filter hook prerouting priority -300; policy accept;", localnet),
         *_chain("prerouting", "type nat hook prerouting priority -100; policy accept;", dnat),
         *_chain("output", "type nat hook output priority -100; policy accept;", dnat),
         *_chain("postrouting", "type nat hook postrouting priority 100; policy accept;", nat),

@@ -53,8 +53,34 @@ def enable_ip_forward(*, root: Path = PROC_SYS) -> bool:
     return write_sysctl(IP_FORWARD, "1", root=root)
 
 
+def route_localnet_key(ifname: str) -> tuple[str, ...]:
+    """The sysctl key of ``ifname``'s ``route_localnet`` switch."""
+    return ("net", "ipv4", "conf", ifname, "route_localnet")
+
+
+def set_route_localnet(ifname: str, on: bool, *, root: Path = PROC_SYS) -> bool:
+    """Turn ``route_localnet`` on ``ifname`` on or off; True if it changed.
+
+    On, the kernel routes 127.0.0.0/8 addresses to and from ``ifname``: port forwards from the
+    host's localhost need it on the bridge (output DNAT keeps the 127.0.0.1 source until
+    postrouting masquerades it, and the replies are routed back to 127.0.0.1 after the
+    masquerade is undone; without the switch the kernel drops both as martians). It also lets
+    whatever sits on ``ifname`` send to the host's 127.0.0.1 (CVE-2020-8558): vmm's nft table
+    drops that (the ``localnet`` chain in ``vmm.network.firewall``), and the switch goes back
+    off when no forward needs it. Off for a device that does not exist (the bridge is gone) is
+    a no-op: False. ``conf/all/route_localnet``, which would open every device, is not vmm's.
+    """
+    key = route_localnet_key(ifname)
+    if not on and not _path(key, root).exists():
+        return False
+    return write_sysctl(key, "1" if on else "0", root=root)
+
+
 def enable_route_localnet(ifname: str, *, root: Path = PROC_SYS) -> bool:
-    """Allow 127.0.0.0/8 sources on ``ifname``: needed for port forwards from the host's
-    localhost (output DNAT keeps the 127.0.0.1 source until postrouting masquerades it, and the
-    kernel drops such packets as martians on any device without this switch)."""
-    return write_sysctl(("net", "ipv4", "conf", ifname, "route_localnet"), "1", root=root)
+    """``set_route_localnet(ifname, True)``: a port forward from the host's localhost needs it."""
+    return set_route_localnet(ifname, True, root=root)
+
+
+def disable_route_localnet(ifname: str, *, root: Path = PROC_SYS) -> bool:
+    """``set_route_localnet(ifname, False)``: no forward from the host's localhost is left."""
+    return set_route_localnet(ifname, False, root=root)

@@ -393,6 +393,23 @@ def load_config(path: Path | None = None) -> Config:
     return cfg
 
 
+def detect_engine() -> tuple[str, str]:
+    """The engine this host can run, and why: Firecracker when its binary is installed and KVM
+    can run guests, else QEMU (which falls back to TCG emulation without KVM)."""
+    import shutil
+
+    from vmm.engines.firecracker.engine import FALLBACK_BINARY
+    from vmm.engines.qemu.accel import kvm_unusable_reason
+
+    firecracker = shutil.which("firecracker") or (FALLBACK_BINARY if os.path.isfile(FALLBACK_BINARY) else None)
+    if firecracker is None:
+        return "qemu", "no firecracker binary found (scripts/install.sh installs one)"
+    kvm = kvm_unusable_reason()
+    if kvm is not None:
+        return "qemu", f"KVM cannot run guests here ({kvm}); Firecracker needs it"
+    return "firecracker", f"{firecracker} found and KVM usable"
+
+
 def write_default_config(path: Path, *, force: bool = False, system: bool = False) -> Config:
     """``vmm config init``: write the defaults (with the detected uplink) to ``path``.
 
@@ -403,7 +420,8 @@ def write_default_config(path: Path, *, force: bool = False, system: bool = Fals
         raise ConfigError(
             f"config {path} already exists", hint="use --force to overwrite it with the defaults"
         )
-    cfg = Config(path=path, host_interface=detect_host_interface())
+    engine, _why = detect_engine()
+    cfg = Config(path=path, host_interface=detect_host_interface(), engine=engine)
     created = [d for d in (path.parent.parent, path.parent) if not d.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

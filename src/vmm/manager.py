@@ -135,7 +135,10 @@ class Manager:
 
     # -- create -------------------------------------------------------------------------
 
-    def create(self, req: CreateRequest) -> VM:
+    def create(self, req: CreateRequest, *, note: Callable[[str], None] = lambda _line: None) -> VM:
+        """Validate everything, then allocate the name, IP and id and save the record.
+
+        ``note`` receives what the user should know about choices made for them."""
         cfg = self.config
         vd = cfg.vm_defaults
         name = validate_name(req.name)
@@ -157,6 +160,15 @@ class Manager:
             accel = "kvm"  # the config's accel is a QEMU setting
         image = self.images.get(req.image or vd.image)
         kernel = self.kernels.get(req.kernel or vd.kernel)
+        image_mb = -(-image.virtual_size // MiB)
+        if disk < image_mb and req.disk_mb is None:
+            # The default disk is smaller than this image: the disk is sized to fit the image
+            # (only an explicit --disk below it is an error).
+            note(
+                f"the disk is {image_mb} MB, the size of image {image.name!r} (the default, "
+                f"{disk} MB, is smaller); use --disk for more"
+            )
+            disk = image_mb
         if disk * MiB < image.virtual_size:
             raise ValidationError(
                 f"--disk {disk} MB is smaller than image {image.name!r} "

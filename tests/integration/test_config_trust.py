@@ -122,3 +122,23 @@ def test_vmm_ssh_drops_to_the_sudo_user_first() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == [str(NOBODY), str(NOBODY), str(NOBODY)]
+
+
+def test_config_init_picks_the_engine_the_host_can_run(vmm_env: VmmEnv, tmp_path: Path) -> None:
+    from vmm.engines.qemu.accel import kvm_unusable_reason
+
+    bare = vmm_with(vmm_env, tmp_path / "a.json", "config", "init", PATH="/usr/bin:/bin")
+    assert bare.returncode == 0, bare.stderr
+    if not Path("/usr/local/bin/firecracker").exists():
+        assert "engine qemu: no firecracker binary found" in bare.stdout
+        assert json.loads((tmp_path / "a.json").read_text())["engine"] == "qemu"
+    fake = tmp_path / "bin" / "firecracker"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    r = vmm_with(vmm_env, tmp_path / "b.json", "config", "init", PATH=f"{fake.parent}:/usr/bin:/bin")
+    engine = json.loads((tmp_path / "b.json").read_text())["engine"]
+    if kvm_unusable_reason() is not None:  # these machines: a nested hypervisor KVM cannot use
+        assert engine == "qemu" and "KVM cannot run guests here" in r.stdout
+    else:
+        assert engine == "firecracker" and "found and KVM usable" in r.stdout

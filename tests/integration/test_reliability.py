@@ -242,3 +242,15 @@ def test_start_refuses_to_edit_a_disk_that_needs_a_manual_repair(fc: VmmEnv, net
     assert after == before, "vmm edited a disk it refused to repair"
     assert netns.pids() == [] and vm_taps(netns) == []
     assert record(fc)["state"] == "error"
+
+
+def test_create_sizes_the_default_disk_to_a_bigger_image(fc: VmmEnv, tmp_path: Path) -> None:
+    from tests.conftest import make_ext4
+
+    fc.run("image", "import", str(make_ext4(tmp_path / "big.ext4", 1100)), "--name", "big", check=True)
+    r = fc.run("create", "b1", "--image", "big")
+    assert r.returncode == 0, r.stderr
+    assert "note: the disk is 1100 MB, the size of image 'big' (the default, 1024 MB, is smaller)" in r.stderr
+    assert record(fc, "b1")["disk_mb"] == 1100
+    explicit = fc.run("create", "b2", "--image", "big", "--disk", "1024")
+    assert explicit.returncode == 1 and "--disk 1024 MB is smaller than image 'big'" in explicit.stderr

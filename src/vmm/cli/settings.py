@@ -49,7 +49,10 @@ def cmd_config_init(args: argparse.Namespace) -> int:
         require_root()
     path = system_config_path() if args.system else config_path()
     cfg = write_default_config(path, force=args.force, system=args.system)
-    print(f"Wrote {path} (host_interface {cfg.host_interface})")
+    from vmm.config import detect_engine
+
+    _engine, why = detect_engine()
+    print(f"Wrote {path} (engine {cfg.engine}: {why}; host_interface {cfg.host_interface})")
     return 0
 
 

@@ -109,10 +109,12 @@ def cmd_create(args: argparse.Namespace) -> int:
             ip=args.ip,
             autostart=args.autostart,
             mounts=args.mount,
-        )
+        ),
+        note=lambda line: print(f"note: {line}", file=sys.stderr),
     )
     engine = vm.engine + (f" (accel {vm.accel})" if vm.engine == "qemu" else "")
     print(f"Created VM {vm.name} (id {vm.id}, IP {vm.ip}, {vm.cpus} vCPU, {vm.memory_mb} MB, {engine})")
+
     if not vm.ssh_public_key:
         print("note: no SSH key given (--ssh-key): 'vmm ssh' will not be able to log in", file=sys.stderr)
     print(f"Start it with: vmm start {vm.name}")

@@ -327,11 +327,20 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"cannot read config {path}: permission denied") from None
     except IsADirectoryError:
         raise ConfigError(f"config {path} is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config {path} is not UTF-8 text", hint="fix the file, or move it away"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"config {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            hint="fix the file, or move it away and run 'vmm config init'",
+        ) from None
+    except (ValueError, RecursionError) as exc:  # a number too long, nesting too deep
+        raise ConfigError(
+            f"config {path} is not usable JSON ({type(exc).__name__})",
             hint="fix the file, or move it away and run 'vmm config init'",
         ) from None
 

@@ -6,6 +6,7 @@ A record is decoded strictly at the boundary: unknown keys, missing keys and wro
 
 from __future__ import annotations
 
+import os
 import re
 from enum import StrEnum
 
@@ -257,6 +258,13 @@ def _check_values(data: dict[str, Any], source: str) -> None:
     for key, ok in checks.items():
         if not ok:
             raise RecordError(f"VM record {source}: invalid $.{key} {data.get(key)!r}")
+    if not all(isinstance(d, str) for d in data.get("dns_servers") or []):
+        raise RecordError(f"VM record {source}: $.dns_servers must be a list of strings")
+    for i, m in enumerate(data.get("mounts") or []):
+        # a mount image is always <data>/mounts/<vm>-<tag>.ext4: vmm builds and deletes it
+        file_ok = m.image_path is None or os.path.basename(m.image_path) == f"{data['name']}-{m.tag}.ext4"
+        if not TAG_RE.fullmatch(m.tag) or not file_ok:
+            raise RecordError(f"VM record {source}: invalid $.mounts[{i}] (tag or image_path)")
 
 
 def _check_types(data: dict[str, Any], source: str) -> None:

@@ -187,6 +187,11 @@ class Store:
             ) from None
         except PermissionError:
             raise PermissionDenied(f"cannot read {path}: permission denied") from None
+        except UnicodeDecodeError:
+            raise RecordError(
+                f"VM record {name!r} is corrupt ({path} is not UTF-8 text)",
+                hint=f"fix or remove {path}; 'vmm delete -f {name}' cleans up",
+            ) from None
         return self._decode(name, text)
 
     def _decode(self, name: str, text: str) -> VM:
@@ -196,6 +201,11 @@ class Store:
             raise RecordError(
                 f"VM record {name!r} is corrupt ({self.record_path(name)}: {exc.msg} at line "
                 f"{exc.lineno})",
+                hint=f"fix or remove {self.record_path(name)}; 'vmm delete -f {name}' cleans up",
+            ) from None
+        except (ValueError, RecursionError) as exc:  # a number too long, nesting too deep
+            raise RecordError(
+                f"VM record {name!r} is corrupt ({self.record_path(name)}: {type(exc).__name__})",
                 hint=f"fix or remove {self.record_path(name)}; 'vmm delete -f {name}' cleans up",
             ) from None
         vm = VM.from_dict(raw, repr(name))

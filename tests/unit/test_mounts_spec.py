@@ -95,11 +95,11 @@ def test_merge_fstab_keeps_the_guests_lines_and_replaces_vmms_block() -> None:
 
 
 def test_drives_are_read_only_for_ro_mounts() -> None:
-    ms = [Mount("/a", "a-1", read_only=True, image_path="/d/v-a-1.ext4"), Mount("/b", "b", image_path="/d/v-b.ext4")]
+    ms = [Mount("/a", "a-1", read_only=True, image_path="/d/mounts/v-a-1.ext4"), Mount("/b", "b", image_path="/d/mounts/v-b.ext4")]
     drives = mounts.drives(ms)
     assert [(d.drive_id, str(d.path), d.read_only, d.root) for d in drives] == [
-        ("mount0", "/d/v-a-1.ext4", True, False),
-        ("mount1", "/d/v-b.ext4", False, False),
+        ("mount0", "/d/mounts/v-a-1.ext4", True, False),
+        ("mount1", "/d/mounts/v-b.ext4", False, False),
     ]
 
 

@@ -87,10 +87,13 @@ def _stdlib(decompressor: Callable[[], object]) -> Callable[[bytes], bytes]:
     return run
 
 
+# A kernel's xz/lzma dictionary is at most 64 MiB; a header asking for more (up to 4 GiB) is not
+# a kernel, and without a limit liblzma allocates it up front (MemoryError under a memory limit).
+_LZMA_MEMLIMIT = 256 * 1024 * 1024
 _STDLIB: dict[str, Callable[[bytes], bytes]] = {
     "gzip": _stdlib(lambda: zlib.decompressobj(wbits=31)),
-    "xz": _stdlib(lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ)),
-    "lzma": _stdlib(lambda: lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)),
+    "xz": _stdlib(lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=_LZMA_MEMLIMIT)),
+    "lzma": _stdlib(lambda: lzma.LZMADecompressor(format=lzma.FORMAT_ALONE, memlimit=_LZMA_MEMLIMIT)),
     "bzip2": _stdlib(bz2.BZ2Decompressor),
 }
 _TOOLS = {

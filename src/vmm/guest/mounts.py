@@ -149,6 +149,9 @@ def drives(mounts: list[Mount]) -> list[Drive]:
 def image_path(m: Mount) -> str:
     if not m.image_path:
         raise VmmError(f"mount {m.tag!r} has no image path in the VM record")
+    if os.path.basename(os.path.dirname(m.image_path)) != "mounts" or os.path.islink(m.image_path):
+        # vmm writes mount images only in its own mounts directory (records are checked too)
+        raise VmmError(f"mount {m.tag!r}: {m.image_path} is not in vmm's mounts directory")
     return m.image_path
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import lzma
 import os
 import posixpath
 import re
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,8 +120,14 @@ def _check_docker_ref(ref: str, text: str) -> str:
 
 def _check_exists(path: str, *, directory: bool) -> None:
     p = Path(path)
-    if not p.exists():
-        raise ValidationError(f"image source {path} does not exist")
+    try:
+        os.stat(p)
+    except FileNotFoundError:
+        raise ValidationError(f"image source {path} does not exist") from None
+    except OSError as exc:  # a name too long, a loop of links, ...
+        raise ValidationError(f"image source {path}: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL byte
+        raise ValidationError(f"image source {path!r} is not a valid path") from None
     if directory and not p.is_dir():
         raise ValidationError(f"oci:{path} is not a directory (an OCI image layout)")
     if not directory and not p.is_file():
@@ -153,6 +161,12 @@ def check_members(members: list[tarfile.TarInfo]) -> None:
     """Refuse the whole archive if any member could write outside the target."""
     for m in members:
         rel = _member_path(m.name)
+        base = posixpath.basename(rel)
+        if base.startswith(WHITEOUT) and base != OPAQUE and base[len(WHITEOUT):] in ("", ".", ".."):
+            raise ValidationError(
+                f"archive member {m.name!r} is a whiteout of {base[len(WHITEOUT):]!r}; refusing "
+                "to extract"
+            )
         if m.islnk():
             _member_path(m.linkname)
         elif m.issym():
@@ -213,7 +227,11 @@ def extract_tar(path: Path, dest: Path, *, layer: bool = False) -> None:
                 for m in members:
                     rel = _member_path(m.name)
                     if posixpath.basename(rel) == OPAQUE:
-                        d = _no_links_above(dest, posixpath.dirname(rel) + "/x").parent
+                        # join, not "+ '/x'": a top-level opaque marker has dirname "" and
+                        # must empty the target, never "/" of the host
+                        d = _no_links_above(dest, posixpath.join(posixpath.dirname(rel), "x")).parent
+                        if d != dest and dest not in d.parents:
+                            raise ValidationError(f"archive member {m.name!r} leaves the tree")
                         if d.is_dir():
                             for child in list(d.iterdir()):
                                 _remove(child)
@@ -235,19 +253,25 @@ def extract_tar(path: Path, dest: Path, *, layer: bool = False) -> None:
                     dirs.append((target, m))
                     continue
                 _remove(target)
-                if m.islnk():
-                    src = _no_links_above(dest, _member_path(m.linkname))
-                    os.link(src, target)
-                    continue
-                m.name = rel
-                tf.extract(m, path=str(dest), set_attrs=True, numeric_owner=True)
+                try:
+                    if m.islnk():
+                        src = _no_links_above(dest, _member_path(m.linkname))
+                        os.link(src, target)
+                        continue
+                    m.name = rel
+                    tf.extract(m, path=str(dest), set_attrs=True, numeric_owner=True)
+                except OSError as exc:  # a hard link to a missing member, a directory, itself
+                    raise ValidationError(
+                        f"cannot extract archive member {m.name!r} of {path}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
             for d, m in reversed(dirs):  # directory modes and times last (children are done)
                 with contextlib.suppress(OSError):
                     os.chown(d, m.uid, m.gid)
                     os.chmod(d, m.mode & 0o7777)
                     os.utime(d, (m.mtime, m.mtime))
-    except tarfile.TarError as exc:
-        raise ValidationError(f"cannot read archive {path}: {exc}") from None
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:  # a cut-off archive too
+        raise ValidationError(f"cannot read archive {path}: {exc or type(exc).__name__}") from None
 
 
 # -- sources → a tree -------------------------------------------------------------------
@@ -341,12 +365,28 @@ def _blob(layout: Path, digest: str) -> Path:
 def _json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValidationError(f"cannot read {what} {path}: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ValidationError(f"cannot read {what} {path}: {type(exc).__name__}") from None
+
+
+def _objects(value: Any, what: str) -> list[dict[str, Any]]:
+    """``value`` as a list of JSON objects, or a clear error (the input is someone else's)."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ValidationError(f"{what} is not a list of objects")
+    return value
+
+
+def _digest_of(desc: dict[str, Any], what: str) -> str:
+    digest = desc.get("digest")
+    if not isinstance(digest, str):
+        raise ValidationError(f"{what} has no digest")
+    return digest
 
 
 def _platform_ok(desc: dict[str, Any]) -> bool:
     plat = desc.get("platform") or {}
+    if not isinstance(plat, dict):
+        return False
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
     return not plat or (plat.get("os") in (None, "linux") and plat.get("architecture") in (None, arch))
 
@@ -356,11 +396,14 @@ def oci_layers(layout: Path, ref: str | None) -> list[Path]:
     if not (layout / "oci-layout").is_file() or not (layout / "index.json").is_file():
         raise ValidationError(f"{layout} is not an OCI image layout (no oci-layout / index.json)")
     index = _json(layout / "index.json", "OCI index")
-    manifests = index.get("manifests") or []
+    if not isinstance(index, dict):
+        raise ValidationError(f"OCI index {layout / 'index.json'} is not an object")
+    manifests = _objects(index.get("manifests") or [], "the OCI index's manifests")
     if ref is not None:
         manifests = [
             m for m in manifests
-            if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == ref
+            if isinstance(m.get("annotations"), dict)
+            and m["annotations"].get("org.opencontainers.image.ref.name") == ref
         ]
         if not manifests:
             raise ValidationError(f"OCI layout {layout} has no image named {ref!r}")
@@ -369,10 +412,13 @@ def oci_layers(layout: Path, ref: str | None) -> list[Path]:
         if not candidates:
             raise ValidationError(f"OCI layout {layout} has no image for this platform")
         desc = candidates[0]
-        doc = _json(_blob(layout, desc["digest"]), "OCI manifest")
+        doc = _json(_blob(layout, _digest_of(desc, "an OCI manifest entry")), "OCI manifest")
+        if not isinstance(doc, dict):
+            raise ValidationError(f"an OCI manifest in {layout} is not an object")
         if "layers" in doc:
-            return [_blob(layout, layer["digest"]) for layer in doc["layers"]]
-        manifests = doc.get("manifests") or []  # an index: one level down
+            layers = _objects(doc["layers"], "an OCI manifest's layers")
+            return [_blob(layout, _digest_of(layer, "an OCI layer")) for layer in layers]
+        manifests = _objects(doc.get("manifests") or [], "an OCI index's manifests")
     raise ValidationError(f"OCI layout {layout}: nested indexes too deep")
 
 
@@ -396,8 +442,13 @@ def apply_docker_archive(archive: Path, tree: Path) -> None:
     entries = _json(manifest, "docker-archive manifest")
     if not isinstance(entries, list) or not entries:
         raise ValidationError("docker-archive manifest.json lists no image")
+    if not isinstance(entries[0], dict):
+        raise ValidationError("docker-archive manifest.json: the image entry is not an object")
+    names = entries[0].get("Layers") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValidationError("docker-archive manifest.json: Layers is not a list of file names")
     layers = []
-    for name in entries[0].get("Layers") or []:
+    for name in names:
         p = archive / _member_path(name)
         if not p.is_file():
             raise ValidationError(f"docker-archive: layer {name} is missing")

@@ -206,7 +206,10 @@ def remove(runner: Runner) -> None:
 
 def table_exists(runner: Runner) -> bool:
     out = runner.run(["nft", "-j", "list", "tables", FAMILY], hint=_NFT_HINT).stdout
-    return any("table" in item and item["table"].get("name") == TABLE for item in _nft_items(out))
+    return any(
+        isinstance(item.get("table"), dict) and item["table"].get("name") == TABLE
+        for item in _nft_items(out)
+    )
 
 
 def current(runner: Runner) -> dict[str, Any]:
@@ -218,7 +221,7 @@ def current(runner: Runner) -> dict[str, Any]:
         runner.run(result.argv, hint=_NFT_HINT)  # raises with nft's own message
     try:
         data = json.loads(result.stdout)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise VmmError(f"cannot parse the output of `nft -j list table`: {exc}") from None
     if not isinstance(data, dict):
         raise VmmError("cannot parse the output of `nft -j list table`: expected an object")
@@ -228,8 +231,8 @@ def current(runner: Runner) -> dict[str, Any]:
 def _nft_items(text: str) -> list[dict[str, Any]]:
     try:
         data = json.loads(text) if text.strip() else {"nftables": []}
-    except json.JSONDecodeError as exc:
-        raise VmmError(f"cannot parse nft's JSON output: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise VmmError(f"cannot parse nft's JSON output: {type(exc).__name__}") from None
     items = data.get("nftables", []) if isinstance(data, dict) else []
     return [item for item in items if isinstance(item, dict)]
 
@@ -244,7 +247,7 @@ def summarize(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for item in items:
         if not isinstance(item, dict):
             continue
-        if "chain" in item and _ours(item["chain"]):
+        if "chain" in item and _ours(item["chain"]) and isinstance(item["chain"].get("name"), str):
             c = item["chain"]
             chains[c["name"]] = {
                 "type": c.get("type"),
@@ -253,7 +256,7 @@ def summarize(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "policy": c.get("policy"),
                 "rules": [],
             }
-        elif "rule" in item and _ours(item["rule"]):
+        elif "rule" in item and _ours(item["rule"]) and isinstance(item["rule"].get("chain"), str):
             r = item["rule"]
             chains.setdefault(r["chain"], {"rules": []})["rules"].append(r.get("expr", []))
     return chains

@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import VmmEnv
 from tests.integration.test_image_import import cat
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 MIRROR = os.environ.get("VMM_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -74,20 +74,88 @@ def test_bad_input(vmm_env: VmmEnv, args: list[str], message: str) -> None:
     assert not (vmm_env.data_dir / "images" / "x.ext4").exists()
 
 
+def session_processes(sid: int) -> dict[int, str]:
+    """``{pid: comm}`` of the live processes in session ``sid`` (zombies count as gone)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found[int(entry.name)] = comm
+    return found
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_leaves_nothing(vmm_env: VmmEnv, sig: signal.Signals) -> None:
+    images = vmm_env.data_dir / "images"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vmm", "image", "build", "x", "--debootstrap", "bookworm",
-         "--mirror", MIRROR], env=vmm_env.env(), stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "vmm",
+            "image",
+            "build",
+            "x",
+            "--debootstrap",
+            "bookworm",
+            "--mirror",
+            MIRROR,
+        ],
+        env=vmm_env.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
-    assert proc.stderr is not None
-    assert "debootstrap bookworm" in proc.stderr.readline()
-    time.sleep(6)  # inside debootstrap
-    os.killpg(proc.pid, sig)
-    proc.wait(timeout=120)
-    assert proc.returncode != 0
-    images = vmm_env.data_dir / "images"
+    try:
+        # debootstrap is at work: its process runs in the build's session and it has begun
+        # downloading packages into the target tree in the build's work dir (a dot-directory
+        # of the images dir, whatever its name).
+        def debootstrap_running() -> list[Path]:
+            assert proc.poll() is None, f"vmm exited {proc.returncode} before the interrupt"
+            if "debootstrap" not in session_processes(proc.pid).values():
+                return []
+            return [
+                w
+                for w in images.glob(".*")
+                if any((w / "rootfs" / "var" / "cache" / "apt" / "archives").glob("*.deb"))
+            ]
+
+        wait_until(
+            debootstrap_running,
+            300,
+            interval=0.2,
+            what="debootstrap downloading packages into the work dir",
+        )
+        [work] = debootstrap_running()
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # the CLI's answer to an interrupt (128 + the signal, and which one unless it was Ctrl-C),
+    # not some other failure such as "debootstrap bookworm failed"
+    assert proc.returncode == 128 + sig, err
+    assert "[vmm] debootstrap bookworm" in err
+    by = "" if sig == signal.SIGINT else f" ({sig.name})"
+    assert err.splitlines()[-1] == f"error: interrupted{by}", err
+    assert "failed" not in err and "Traceback" not in err, err
+    assert out == ""
+    wait_until(
+        lambda: session_processes(proc.pid) == {}, 30, what="debootstrap and its children gone"
+    )
+    assert not work.exists()
+    # no work dir, temp file, image or record (kernels/ is a directory of the store)
     assert [p.name for p in images.iterdir() if p.is_file() or p.name.startswith(".")] == []
     with open("/proc/self/mountinfo") as f:
         assert str(images) not in f.read()
+    r = vmm_env.run("image", "list", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == [], (r.stdout, r.stderr)

@@ -297,6 +297,22 @@ def installed(
     return prefix, run, [p for p, _ in server.requests]
 
 
+@pytest.fixture
+def own_install(installed: tuple[Path, Run, list[str]]) -> Iterator[tuple[Path, Run, list[str]]]:
+    """The shared install, for a test that changes or removes it: saved before the test and put
+    back after it, whatever happened, so every test finds it as installed, alone or in any order.
+    Saved and restored in place (``cp -a``, then a rename back): a venv cannot be moved, its
+    scripts and ``bin/vmm`` name their absolute paths; copying is much faster than pip."""
+    prefix = installed[0]
+    saved = prefix.with_name(prefix.name + ".saved")
+    subprocess.run(["cp", "-a", "--", str(prefix), str(saved)], check=True, timeout=300)
+    try:
+        yield installed
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+        os.rename(saved, prefix)
+
+
 # --------------------------------------------------------------------------------------------
 # Tests
 
@@ -343,9 +359,9 @@ def test_installs_vmm_and_firecracker(installed: tuple[Path, Run, list[str]]) ->
 
 
 def test_second_run_upgrades_in_place(
-    installed: tuple[Path, Run, list[str]], server: Server, tmp_path: Path
+    own_install: tuple[Path, Run, list[str]], server: Server, tmp_path: Path
 ) -> None:
-    prefix, _, _ = installed
+    prefix, _, _ = own_install
     venv = prefix / "lib" / "vmm" / "venv"
     marker = venv / "pyvenv.cfg"
     inode = marker.stat().st_ino
@@ -635,10 +651,10 @@ def test_shellcheck_clean() -> None:
 
 
 def test_service_install_then_uninstall_purge(
-    installed: tuple[Path, Run, list[str]], tmp_path: Path
+    own_install: tuple[Path, Run, list[str]], tmp_path: Path
 ) -> None:
-    """Last in the module: it removes the shared install."""
-    prefix, _, _ = installed
+    """Removes the install (``own_install`` puts it back for the other tests)."""
+    prefix, _, _ = own_install
     unit_dir = tmp_path / "units"
     data = tmp_path / "data"
     (data / "vms").mkdir(parents=True)

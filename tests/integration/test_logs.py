@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -16,8 +17,30 @@ import pytest
 
 from tests.conftest import VmmEnv, register_artifacts
 from tests.fakes.fc_harness import install_fake
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
+
+
+class LineReader:
+    """Lines from a pipe, each within a deadline: a bug fails the test instead of hanging it."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buf = b""
+
+    def readline(self, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise AssertionError(f"no complete line within {timeout:g} s (got {self.buf!r})")
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                raise AssertionError(f"the pipe closed before a complete line (got {self.buf!r})")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode() + "\n"
 
 
 @pytest.fixture
@@ -45,16 +68,19 @@ def test_logs_tail_and_follow(env: VmmEnv) -> None:
     assert env.run("logs", "web", "-n", "2", check=True).stdout == "line 98\nline 99\n"
     proc = subprocess.Popen(
         [sys.executable, "-m", "vmm", "logs", "web", "-f", "-n", "1"],
-        env=env.env(),
+        # as for a user piping it somewhere: a missing flush must show, PYTHONUNBUFFERED would hide it
+        env={k: v for k, v in env.env().items() if k != "PYTHONUNBUFFERED"},
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        text=True,
     )
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline() == "line 99\n"
+        out = LineReader(proc.stdout.fileno())
+        assert out.readline() == "line 99\n"
         with log.open("a") as f:
             f.write("booted\n")
-        assert proc.stdout.readline() == "booted\n"
+        assert out.readline() == "booted\n"
+        assert proc.poll() is None  # still following
     finally:
         proc.kill()
         proc.wait()
@@ -82,6 +108,7 @@ def test_console(env: VmmEnv, tmp_path: Path) -> None:
         server.listen(1)
 
         received: list[bytes] = []
+        closed: list[bool] = []  # one entry per console connection the server has finished
 
         def echo() -> None:
             while True:
@@ -89,12 +116,19 @@ def test_console(env: VmmEnv, tmp_path: Path) -> None:
                     conn, _ = server.accept()
                 except OSError:
                     return  # the test closed the server
-                conn.sendall(b"login: ")
-                with contextlib.suppress(OSError):
-                    while data := conn.recv(1024):
-                        received.append(data)
-                        conn.sendall(data.upper())
-                conn.close()
+                try:
+                    # a console that detaches at once may be gone before the greeting
+                    with contextlib.suppress(OSError):
+                        conn.sendall(b"login: ")
+                    # read to the end whatever happens to the replies: what it sent is the point
+                    with contextlib.suppress(OSError):
+                        while data := conn.recv(1024):
+                            received.append(data)
+                            with contextlib.suppress(OSError):
+                                conn.sendall(data.upper())
+                finally:
+                    conn.close()
+                    closed.append(True)
 
         threading.Thread(target=echo, daemon=True).start()
         r = env.run("console", "web", input="root\n", timeout=20)
@@ -103,7 +137,8 @@ def test_console(env: VmmEnv, tmp_path: Path) -> None:
         # Ctrl-] detaches: what follows it is not sent
         r = env.run("console", "web", input="ls\x1dreboot\n", timeout=20)
         assert r.returncode == 0, r.stderr
-        time.sleep(0.2)
+        # everything the second console sent has arrived once the server saw it hang up
+        wait_until(lambda: len(closed) == 2, 10, what="the server done with both connections")
         assert b"".join(received) == b"root\nls"
         server.close()
         os.unlink(path)

@@ -78,11 +78,23 @@ def test_find_forward_by_key() -> None:
         portforward.find(fwds, "9999")
 
 
-def test_clashes() -> None:
-    assert portforward.clashes(PF(80, 1), PF(80, 2))
-    assert not portforward.clashes(PF(80, 1), PF(80, 1, "udp"))
-    assert portforward.clashes(PF(80, 1, "tcp", "127.0.0.1"), PF(80, 2))
-    assert not portforward.clashes(PF(80, 1, "tcp", "127.0.0.1"), PF(80, 2, "tcp", "10.0.0.1"))
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (PF(80, 1), PF(80, 2), True),  # both on every address
+        (PF(80, 1), PF(80, 1, "udp"), False),  # other protocol
+        (PF(80, 1), PF(81, 1), False),  # other host port, same guest port
+        (PF(80, 1, "tcp", "127.0.0.1"), PF(81, 1, "tcp", "127.0.0.1"), False),
+        (PF(80, 1, "tcp", "127.0.0.1"), PF(80, 2), True),  # one address inside "every address"
+        (PF(80, 1, "tcp", "127.0.0.1"), PF(80, 2, "tcp", "127.0.0.1"), True),  # the same address
+        (PF(80, 1, "udp", "10.0.0.1"), PF(80, 2, "udp", "10.0.0.1"), True),
+        (PF(80, 1, "tcp", "127.0.0.1"), PF(80, 2, "tcp", "10.0.0.1"), False),  # other addresses
+        (PF(80, 1, "tcp", "10.0.0.1"), PF(80, 1, "udp", "10.0.0.1"), False),
+    ],
+)
+def test_clashes(a: PortForward, b: PortForward, expected: bool) -> None:
+    assert portforward.clashes(a, b) is expected
+    assert portforward.clashes(b, a) is expected  # symmetric
 
 
 PROC_TCP = """\

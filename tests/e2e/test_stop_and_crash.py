@@ -35,7 +35,7 @@ def test_stop_escalates_and_kills_lose_nothing(world: World) -> None:
     # IRQ 1: "probe of i8042 failed with error -22"), so poweroff over SSH with vmm's own
     # forced-command key ends it: still a clean shutdown, not a signal.
     w.vmm("ssh", "hard", "--", IGNORE_POWER_BUTTON)
-    stop = w.vmm("stop", "hard", "--timeout", "12")
+    stop = w.vmm("stop", "hard", "--timeout", "40")  # a shutdown under TCG on a busy host takes time
     assert "Stopped VM hard: shut down by poweroff over SSH" in stop.stdout, stop.stdout + stop.stderr
     fsck_clean(w, "hard")
     # vmm's key can do nothing else in the guest

@@ -3,12 +3,12 @@
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
-# Packages from scripts/lib/host-tools.txt (one line per program the code runs): "run" ones
+# Packages from src/vmm/host/tools.txt (one line per program the code runs): "run" ones
 # for vmm and the demo, "test" ones for the test suite as well.
 host_packages() {  # host_packages run|test
   local want=$1
   awk -v want="$want" '!/^#/ && NF >= 3 && $2 != "-" && ($3 == "run" || ($3 == "test" && want == "test")) { print $2 }' \
-    "$REPO/scripts/lib/host-tools.txt" | sort -u
+    "$REPO/src/vmm/host/tools.txt" | sort -u
 }
 mapfile -t RUN_PACKAGES < <(host_packages run)
 mapfile -t TEST_PACKAGES < <(host_packages test)

@@ -12,6 +12,7 @@ Every error a user can meet is a ``VmmError``: the CLI catches only this root, p
      ├── PermissionDenied     the command needs root
      ├── RecordError          a VM record on disk is corrupt or from a newer vmm
      ├── CommandError         an external program failed (argv, exit code, stderr tail)
+     ├── ToolMissing          an external program is not installed (hint: its package)
      └── EngineError          a hypervisor failed to launch, answer or stop
           └── ApiError        Firecracker answered a request with an error (fault_message)
 """
@@ -111,3 +112,13 @@ class CommandError(VmmError):
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr
+
+
+class ToolMissing(VmmError):
+    """A program vmm needs is not installed; the hint names the package that has it."""
+
+    def __init__(self, program: str, *, hint: str | None = None):
+        from vmm.host.tools import install_hint
+
+        super().__init__(f"{program} is not installed", hint=hint or install_hint(program))
+        self.program = program

@@ -11,10 +11,11 @@ import logging
 import shlex
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from vmm.errors import CommandError, VmmError
+from vmm.errors import CommandError, ToolMissing, VmmError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,11 @@ class Runner:
         timeout: float = DEFAULT_TIMEOUT,
         hint: str | None = None,
         pass_fds: Sequence[int] = (),
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> Result:
+        """Run ``argv`` to completion, output captured. ``env`` (the whole environment, when
+        given) and ``cwd`` are passed as they are; ``pass_fds`` stay open in the child."""
         argv = [str(a) for a in argv]
         log.debug("run: %s", shlex.join(argv))
         try:
@@ -49,6 +54,8 @@ class Runner:
                 argv,
                 input=input,
                 pass_fds=tuple(pass_fds),
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
                 capture_output=True,
                 text=True,
                 # Output that is not UTF-8 (a guest's file read back with debugfs) must not
@@ -58,10 +65,9 @@ class Runner:
                 stdin=None if input is not None else subprocess.DEVNULL,
             )
         except FileNotFoundError:
-            raise VmmError(
-                f"{argv[0]} is not installed",
-                hint=hint or f"install the package that provides {argv[0]}",
-            ) from None
+            if cwd is not None and not Path(cwd).is_dir():
+                raise VmmError(f"cannot run {argv[0]}: {cwd} does not exist") from None
+            raise ToolMissing(argv[0], hint=hint) from None
         except subprocess.TimeoutExpired as exc:
             stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
             raise CommandError(argv, None, stderr, hint=hint) from None
@@ -69,6 +75,51 @@ class Runner:
         if check and proc.returncode != 0:
             raise CommandError(argv, proc.returncode, proc.stderr or proc.stdout, hint=hint)
         return result
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        on_line: Callable[[str], None],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        tail_lines: int = 40,
+    ) -> Result:
+        """Run a long command (a kernel build) with its output (stdout and stderr merged) handed
+        to ``on_line`` line by line as it comes, nothing kept but the last ``tail_lines`` (for
+        the error). Killed at ``timeout``; a failure raises ``CommandError`` like ``run``."""
+        import collections
+        import time
+
+        argv = [str(a) for a in argv]
+        log.debug("stream: %s", shlex.join(argv))
+        last: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, errors="surrogateescape", env=dict(env) if env is not None else None,
+                cwd=cwd,
+            )  # fmt: skip
+        except FileNotFoundError:
+            raise ToolMissing(argv[0]) from None
+        deadline = time.monotonic() + timeout
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                last.append(line)
+                on_line(line)
+                if time.monotonic() > deadline:
+                    raise CommandError(argv, None, "\n".join(last))
+            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if code != 0:
+            raise CommandError(argv, code, "\n".join(last))
+        return Result(argv, code, "\n".join(last), "")
 
     def which(self, name: str) -> str | None:
         return shutil.which(name)
@@ -91,6 +142,8 @@ class RecordingRunner(Runner):
         timeout: float = DEFAULT_TIMEOUT,
         hint: str | None = None,
         pass_fds: Sequence[int] = (),
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> Result:
         argv = [str(a) for a in argv]
         self.calls.append(argv)

@@ -221,9 +221,9 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     try:
         os.execvp(argv[0], argv)
     except FileNotFoundError:
-        from vmm.errors import VmmError
+        from vmm.errors import ToolMissing
 
-        raise VmmError("ssh is not installed", hint="apt-get install openssh-client") from None
+        raise ToolMissing("ssh") from None
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vmm.errors import EngineError, tail
+from vmm.errors import EngineError, ToolMissing, tail
 from vmm.host.liveness import ProcessRef, is_alive, ref_for, start_time_of
 
 __all__ = ["GracefulStep", "ProcessRef", "is_alive", "log_tail", "ref_for", "spawn_detached",
@@ -77,7 +77,7 @@ def spawn_detached(
             env=env,
         )
     except FileNotFoundError:
-        raise EngineError(f"{argv[0]} is not installed") from None
+        raise ToolMissing(argv[0]) from None
     finally:
         os.close(fd)
 

@@ -23,6 +23,7 @@ import os
 import pwd
 from pathlib import Path
 
+from vmm.engines.registry import ENGINES as ENGINE_REGISTRY
 from vmm.errors import ConfigError
 from vmm.record import Record, field
 
@@ -40,7 +41,7 @@ DEFAULT_KERNEL = "default"
 SYSTEM_CONFIG = "/etc/vmm/config.json"
 # Settings that make root run a program, write somewhere, or change the host's network.
 PRIVILEGED_KEYS = ("data_dir", "firecracker_bin", "qemu_bin", "bridge_name", "subnet", "gateway")
-ENGINES = ("firecracker", "qemu")
+ENGINES = tuple(ENGINE_REGISTRY)
 ACCELS = ("auto", "kvm", "tcg")
 AUTOSTART_POLICIES = ("flagged", "running")
 

@@ -111,15 +111,9 @@ class Manager:
     # -- engines ------------------------------------------------------------------------
 
     def _default_engine(self, name: str) -> Engine:
-        if name == "firecracker":
-            from vmm.engines.firecracker.engine import FirecrackerEngine
+        from vmm.engines import registry
 
-            return FirecrackerEngine(self.config.firecracker_bin)
-        if name == "qemu":
-            from vmm.engines.qemu.engine import QemuEngine
-
-            return QemuEngine(self.config.qemu_bin)
-        raise ValidationError(f"unknown engine {name!r}", hint="use firecracker or qemu")
+        return registry.info(name).factory(self.config)
 
     def engine(self, name: str) -> Engine:
         return self._engine_factory(name)
@@ -146,18 +140,21 @@ class Manager:
         memory = validate_memory(req.memory_mb if req.memory_mb is not None else vd.memory_mb)
         disk = validate_disk(req.disk_mb if req.disk_mb is not None else vd.disk_size_mb)
         dns = validate_dns_servers(req.dns if req.dns else list(vd.dns_servers))
+        from vmm.engines import registry
+
         engine_name = req.engine or cfg.engine
-        if engine_name not in ("firecracker", "qemu"):
-            raise ValidationError(f"unknown engine {engine_name!r}", hint="use firecracker or qemu")
+        engine_info = registry.info(engine_name)
         accel = req.accel or cfg.accel
         if accel not in ("auto", "kvm", "tcg"):
             raise ValidationError(f"unknown accel {accel!r}", hint="use auto, kvm or tcg")
-        if engine_name == "firecracker":
+        if not engine_info.can(registry.TCG):
             if req.accel == "tcg":
+                emulating = [n for n in registry.names() if registry.info(n).can(registry.TCG)]
                 raise ValidationError(
-                    "the firecracker engine needs KVM; --accel tcg works only with --engine qemu"
+                    f"the {engine_name} engine needs KVM; --accel tcg works only with "
+                    + " or ".join(f"--engine {n}" for n in emulating)
                 )
-            accel = "kvm"  # the config's accel is a QEMU setting
+            accel = "kvm"  # the config's accel is for engines that can emulate
         image = self.images.get(req.image or vd.image)
         kernel = self.kernels.get(req.kernel or vd.kernel)
         image_mb = -(-image.virtual_size // MiB)
@@ -278,6 +275,8 @@ class Manager:
             self.store.save(vm)
             launched: ProcessRef | None = None
 
+            from vmm.engines import registry
+
             def record_spawn(spawned: ProcessRef) -> None:
                 # Saved before the engine waits or configures: a start killed from here on
                 # leaves a record naming the process, and the next command stops it.
@@ -303,7 +302,7 @@ class Manager:
                     launched.pid, launched.start_time, launched.boot_id
                 )
                 vm.state = VMState.RUNNING.value
-                vm.accel_in_use = accel if vm.engine == "qemu" else "kvm"
+                vm.accel_in_use = registry.accel_in_use(vm.engine, accel)
                 vm.started_at = now()
                 self.store.save(vm)
                 return vm
@@ -347,7 +346,9 @@ class Manager:
                 exc.details = "console log (last lines):\n" + console
 
     def _resolve_accel(self, vm: VM) -> str:
-        if vm.engine != "qemu":
+        from vmm.engines import registry
+
+        if not registry.info(vm.engine).can(registry.TCG):
             return "kvm"
         from vmm.engines.qemu.accel import resolve_accel
 

@@ -72,8 +72,10 @@ def cmd_version(args: argparse.Namespace) -> int:
     from vmm import __version__
 
     m = manager()
+    from vmm.engines import registry
+
     engines: dict[str, str | None] = {}
-    for name in ("firecracker", "qemu"):
+    for name in registry.names():
         try:
             engines[name] = m.engine(name).version()
         except Exception:

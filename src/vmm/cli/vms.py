@@ -32,7 +32,9 @@ def _add_create(sub: SubParsers) -> None:
     c.add_argument("--dns", action="append", metavar="SERVER", help="DNS server (repeatable)")
     c.add_argument("--image", help="rootfs image name (default: 'default')")
     c.add_argument("--kernel", help="kernel name (default: 'default')")
-    c.add_argument("--engine", choices=("firecracker", "qemu"), help="hypervisor (default from config)")
+    from vmm.config import ENGINES
+
+    c.add_argument("--engine", choices=ENGINES, help="hypervisor (default from config)")
     c.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="QEMU accelerator (default from config)")
     c.add_argument("--boot-args", metavar="ARGS", help="extra kernel command-line arguments")
     c.add_argument("--ip", metavar="ADDR", help="pin the VM's address (default: the lowest free one)")

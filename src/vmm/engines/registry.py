@@ -1,0 +1,71 @@
+"""The engines vmm knows, and what each can do: callers ask about capabilities, not names.
+
+Config validation, the CLI's ``--engine`` choices, ``vmm version`` and the lifecycle read this
+table; a third engine is one more entry here (and its package under ``engines/``). Kept free
+of the engines' own imports: ``vmm list`` and ``config show`` load it cheaply, and an engine's
+module is imported only when one of its VMs is acted on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from vmm.errors import ValidationError
+from vmm.record import FrozenRecord
+
+if TYPE_CHECKING:
+    from vmm.config import Config
+    from vmm.engines.base import Engine
+
+# Capabilities
+TCG = "tcg"  # can emulate the CPU where KVM is missing (the accel setting applies)
+CONSOLE = "console"  # a serial console socket to attach to (vmm console)
+NEEDS_KVM = "needs-kvm"
+
+
+class EngineInfo(FrozenRecord):
+    name: str
+    binary_setting: str  # the config key naming its binary
+    capabilities: frozenset[str]
+    factory: Callable[[Config], Engine]
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+
+def _firecracker(cfg: Config) -> Engine:
+    from vmm.engines.firecracker.engine import FirecrackerEngine
+
+    return FirecrackerEngine(cfg.firecracker_bin)
+
+
+def _qemu(cfg: Config) -> Engine:
+    from vmm.engines.qemu.engine import QemuEngine
+
+    return QemuEngine(cfg.qemu_bin)
+
+
+ENGINES: dict[str, EngineInfo] = {
+    "firecracker": EngineInfo("firecracker", "firecracker_bin", frozenset({NEEDS_KVM}), _firecracker),
+    "qemu": EngineInfo("qemu", "qemu_bin", frozenset({TCG, CONSOLE}), _qemu),
+}
+
+
+def names() -> tuple[str, ...]:
+    return tuple(ENGINES)
+
+
+def info(name: str) -> EngineInfo:
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise ValidationError(
+            f"unknown engine {name!r}", hint=f"use {' or '.join(ENGINES)}"
+        ) from None
+
+
+def accel_in_use(engine: str, resolved: str) -> str:
+    """What a VM of ``engine`` runs with: the resolved accel for an engine that can emulate,
+    else KVM (the only way it runs)."""
+    return resolved if info(engine).can(TCG) else "kvm"

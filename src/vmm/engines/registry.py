@@ -8,13 +8,13 @@ module is imported only when one of its VMs is acted on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from vmm.errors import ValidationError
 from vmm.record import FrozenRecord
 
+TYPE_CHECKING = False  # typing costs read-only commands ~2 ms; mypy still sees the imports
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from vmm.config import Config
     from vmm.engines.base import Engine
 

@@ -97,12 +97,24 @@ fi
 
 if [ "$PURGE" = 1 ]; then
   if [ -d "$DATA_DIR" ]; then
-    rm -rf -- "$DATA_DIR"
-    log "removed the data dir $DATA_DIR"
+    # Never delete through a mount (a VM's host directory, a bind mount an older vmm left):
+    # unmount everything below the data dir, deepest first, and never cross into another
+    # filesystem (what could not be unmounted is kept, with a warning).
+    findmnt -rn -o TARGET | sort -r | while read -r m; do
+      case "$m" in
+        "$DATA_DIR"/*) umount -l -- "$m" || warn "could not unmount $m" ;;
+      esac
+    done
+    if rm -rf --one-file-system -- "$DATA_DIR"; then
+      log "removed the data dir $DATA_DIR"
+    else
+      warn "some of $DATA_DIR was not removed (still mounted?)"
+    fi
   else
     log "data dir $DATA_DIR does not exist"
   fi
 else
   [ -n "$DATA_DIR" ] && [ -d "$DATA_DIR" ] && log "kept the data dir $DATA_DIR (delete it with --purge)"
 fi
+rm -rf -- /run/vmm/sandbox  # the image sandbox's uid-range locks
 log "vmm is uninstalled"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -101,7 +100,19 @@ def vmm_env() -> Iterator[VmmEnv]:
     try:
         yield env
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_test_dir(root)
+
+
+def remove_test_dir(root: Path) -> None:
+    """Unmount whatever a failed test left mounted below ``root``, then delete it without ever
+    crossing into another filesystem: a bind mount of the host's /dev left by a killed command
+    must not turn the cleanup into ``rm -rf /dev``."""
+    prefix = str(root.resolve()) + "/"
+    with open("/proc/self/mountinfo") as f:
+        targets = [ln.split()[4] for ln in f if ln.split()[4].startswith(prefix)]
+    for target in sorted(targets, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False, capture_output=True)
 
 
 def make_ext4(path: Path, size_mb: int = 64, tree: Path | None = None) -> Path:

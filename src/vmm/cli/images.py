@@ -121,7 +121,8 @@ Import a root filesystem as an ext4 image. SOURCE is one of:
   docker-archive:FILE          the output of 'docker save IMAGE -o FILE'
   NAME[:TAG] | docker://NAME   an image of the local Docker daemon
 vmm guests boot systemd and 'vmm ssh' needs sshd: a Debian/Ubuntu tree lacking them gets them
-with chroot + apt and is prepared like 'vmm image build' images; other trees without them are
+with apt, run in a sandbox (never with host privileges), and is prepared like 'vmm image
+build' images; other trees without them are
 refused unless --as-is is given (imported unchanged).
 """
 

@@ -8,7 +8,11 @@ Preparation (``prepare_tree``): hostname/hosts, fstab (``/dev/vda /``), resolv.c
 kernel's ``ip=`` (``/proc/net/pnp``), root without password (keys only, injected by vmm), sshd
 keys-only with an ed25519 host key made at first boot (never shared between VMs), a serial getty
 on ttyS0, systemd-networkd enabled, units that only cost CPU in a microVM masked, an empty
-machine-id, apt caches emptied.
+machine-id, apt caches emptied. The tree's own programs (usermod, systemctl, dpkg-query,
+apt-get) run in ``vmm.guest.sandbox``, never as the host's root, and the host's edits of the
+tree never follow a symbolic link out of it: an imported tree gets the same preparation.
+debootstrap itself still runs as root (it chroots into the tree it is building from the
+mirror's signed packages).
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vmm.errors import ValidationError, VmmError
+from vmm.guest import sandbox
 from vmm.runner import Runner
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -115,78 +119,79 @@ def debootstrap(
         )
 
 
-def _write(root: Path, path: str, text: str, mode: int = 0o644) -> None:
-    dest = root / path.lstrip("/")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if dest.is_symlink():
-            dest.unlink()
-    dest.write_text(text)
-    os.chmod(dest, mode)
-
-
 def prepare_tree(runner: Runner, root: Path, *, hostname: str = HOSTNAME) -> str:
-    """Make a debootstrapped tree a vmm guest; returns its package list (``name version``)."""
-    if not (root / "usr/bin/systemctl").exists() and not (root / "bin/systemctl").exists():
+    """Make a debootstrapped tree a vmm guest; returns its package list (``name version``).
+
+    The host edits files (``vmm.guest.sandbox``'s helpers: links resolved inside the tree,
+    never followed out of it); the tree's own programs (usermod, systemctl, dpkg-query,
+    apt-get) run only in the sandbox."""
+    if not sandbox.exists(root, "usr/bin/systemctl") and not sandbox.exists(root, "bin/systemctl"):
         raise ValidationError(f"{root} has no systemd (systemctl); cannot prepare it")
+    _write_identity(root, hostname)
+    _write_ssh(root)
+    # A fresh machine-id per VM (systemd creates and commits it at boot).
+    sandbox.write_file(root, "etc/machine-id", "")
+    sandbox.remove(root, "var/lib/dbus/machine-id")
+    with sandbox.sandbox(runner, root) as box:
+        packages = _configure_inside(box)
+    for rel_dir, pattern in CLEANED:
+        sandbox.remove_glob(root, rel_dir, pattern)
+    sandbox.make_dir(root, "var/lib/apt/lists/partial")
+    return packages
 
-    def chroot(*argv: str) -> str:
-        return runner.run(["chroot", str(root), *argv], timeout=600).stdout
 
-    # Identity: vmm sets hostname, keys and network per VM.
-    _write(root, "/etc/hostname", hostname + "\n")
-    _write(root, "/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
-           "::1\t\tlocalhost ip6-localhost ip6-loopback\n")
-    _write(root, "/etc/fstab", "/dev/vda / ext4 defaults 0 1\n")
+# Emptied after the packages are in: apt's lists and caches, logs, temp files.
+CLEANED = (
+    ("var/lib/apt/lists", "*"), ("var/cache/apt", "*.bin"), ("var/cache/debconf", "*-old"),
+    ("var/lib/dpkg", "*-old"), ("var/log", "*.log"), ("var/log/apt", "*"), ("tmp", "*"),
+    ("var/tmp", "*"),
+)
+
+
+def _write_identity(root: Path, hostname: str) -> None:
+    """Hostname, hosts, fstab, locale, resolver: vmm sets hostname, keys and network per VM."""
+    sandbox.write_file(root, "etc/hostname", hostname + "\n")
+    sandbox.write_file(root, "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
+                       "::1\t\tlocalhost ip6-localhost ip6-loopback\n")
+    sandbox.write_file(root, "etc/fstab", "/dev/vda / ext4 defaults 0 1\n")
     # minbase has no locales; C.UTF-8 is built into libc (and silences pam_env).
-    _write(root, "/etc/default/locale", "LANG=C.UTF-8\n")
+    sandbox.write_file(root, "etc/default/locale", "LANG=C.UTF-8\n")
     # debootstrap copied the build host's resolver. DNS servers given with the kernel's ip=
     # land in /proc/net/pnp (resolv.conf syntax).
-    resolv = root / "etc/resolv.conf"
-    if resolv.exists() or resolv.is_symlink():
-        resolv.unlink()
-    resolv.symlink_to("/proc/net/pnp")
+    sandbox.symlink(root, "etc/resolv.conf", "/proc/net/pnp")
+
+
+def _write_ssh(root: Path) -> None:
+    """sshd keys only; host keys made at first boot, never shared between VMs. Only ed25519,
+    because RSA key generation takes seconds under TCG. root's keys are injected by vmm."""
+    ssh_dir = sandbox.make_dir(root, "root/.ssh", 0o700)
+    os.chown(ssh_dir, 0, 0, follow_symlinks=False)
+    os.chmod(ssh_dir, 0o700)
+    sandbox.remove(root, "root/.ssh/authorized_keys")
+    sandbox.remove_glob(root, "etc/ssh", "ssh_host_*")
+    sandbox.write_file(root, "etc/ssh/sshd_config.d/00-vmm.conf", SSHD_CONFIG)
+    sandbox.write_file(root, "etc/systemd/system/vmm-ssh-hostkeys.service", HOSTKEY_UNIT)
+
+
+def _configure_inside(box: sandbox.Sandbox) -> str:
+    """The steps that need the tree's own programs; returns the package list."""
+    env = {"SYSTEMD_OFFLINE": "1"}
+
+    def inside(*argv: str) -> str:
+        return box.run(argv, env=env, timeout=600).stdout
 
     # root: no password can match ('*'); logins only with the keys vmm injects.
-    chroot("usermod", "-p", "*", "root")
-    ssh_dir = root / "root/.ssh"
-    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chown(ssh_dir, 0, 0)
-    os.chmod(ssh_dir, 0o700)
-    with contextlib.suppress(FileNotFoundError):
-        (ssh_dir / "authorized_keys").unlink()
-
-    # sshd: keys only; host keys made at first boot, never shared between VMs. Only ed25519,
-    # because RSA key generation takes seconds under TCG.
-    for key in (root / "etc/ssh").glob("ssh_host_*"):
-        key.unlink()
-    _write(root, "/etc/ssh/sshd_config.d/00-vmm.conf", SSHD_CONFIG)
-    _write(root, "/etc/systemd/system/vmm-ssh-hostkeys.service", HOSTKEY_UNIT)
-    chroot("systemctl", "--quiet", "enable", "vmm-ssh-hostkeys.service", "ssh.service")
-
+    inside("usermod", "-p", "*", "root")
+    inside("systemctl", "--quiet", "enable", "vmm-ssh-hostkeys.service", "ssh.service")
     # Console and network: a serial getty on ttyS0; systemd-networkd applies the .network
     # file vmm writes per VM (none baked in: the kernel's ip= works alone).
-    chroot("systemctl", "--quiet", "enable", "serial-getty@ttyS0.service",
+    inside("systemctl", "--quiet", "enable", "serial-getty@ttyS0.service",
            "systemd-networkd.service")
     for unit in MASKED_UNITS:
-        runner.run(["chroot", str(root), "systemctl", "disable", "--quiet", unit], check=False)
-        chroot("systemctl", "mask", "--quiet", unit)
-
-    # A fresh machine-id per VM (systemd creates and commits it at boot).
-    (root / "etc/machine-id").write_text("")
-    with contextlib.suppress(FileNotFoundError):
-        (root / "var/lib/dbus/machine-id").unlink()
-
-    packages = chroot("dpkg-query", "-W", "-f=${Package} ${Version}\n")
-    chroot("apt-get", "clean")
-    for pattern in ("var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/debconf/*-old",
-                    "var/lib/dpkg/*-old", "var/log/*.log", "var/log/apt/*", "tmp/*", "var/tmp/*"):
-        for p in root.glob(pattern):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-    (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
+        box.run(["systemctl", "disable", "--quiet", unit], env=env, check=False)
+    inside("systemctl", "mask", "--quiet", *MASKED_UNITS)
+    packages = inside("dpkg-query", "-W", "-f=${Package} ${Version}\n")
+    inside("apt-get", "clean")
     return packages
 
 

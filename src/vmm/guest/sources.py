@@ -30,7 +30,6 @@ import posixpath
 import re
 import shutil
 import stat
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -285,15 +284,17 @@ class Staged:
         self.temp = temp
 
     def cleanup(self) -> None:
+        """Remove vmm's temp dir. ``rm -rf --one-file-system`` after a lazy unmount of anything
+        below it: never deletes through a mount (image preparation mounts nothing on the host
+        any more: the sandbox's mounts die with it), and copes with trees nested too deep for
+        Python's recursion. Called on every way out, Ctrl-C and SIGTERM included (the CLI turns
+        SIGTERM into the same KeyboardInterrupt); ``Sandbox.run`` has already waited for the
+        sandbox's processes to be gone by then."""
         if self.temp is None:
             return
-        from vmm.guest.debootstrap import mounts_below
+        from vmm.guest.debootstrap import remove_tree
 
-        for target in mounts_below(self.temp):  # never delete through a bind mount
-            subprocess.run(["umount", "-l", target], check=False, capture_output=True)
-        if mounts_below(self.temp):
-            return
-        shutil.rmtree(self.temp, ignore_errors=True)
+        remove_tree(Runner(), self.temp)
 
 
 def stage(runner: Runner, source: Source, scratch: Path) -> Staged:

@@ -106,7 +106,7 @@ def find(m: Manager) -> list[Leftover]:
         if vm.state in (VMState.STARTING.value, VMState.STOPPING.value) and alive:
             out.append(Leftover(
                 "interrupted", vm.name,
-                f"VM {vm.name}: an interrupted {vm.state[:-3]} left its process {vm.pid} running",
+                f"VM {vm.name}: an interrupted {'start' if vm.state == VMState.STARTING.value else 'stop'} left its process {vm.pid} running",
             ))  # fmt: skip
     from vmm.network import links
 

@@ -122,6 +122,27 @@ def read_running(manager: Manager) -> list[str] | None:
     return vms
 
 
+def _stopped_by_an_interrupted_autostop(manager: Manager, vms: list[VM]) -> list[str]:
+    """VMs an earlier ``autostop`` recorded and then stopped, when no ``autostart`` has used
+    the record since (it deletes it): an autostop that was interrupted and is run again must
+    not forget them — with ``autostart_policy: running`` they would not come back at boot."""
+    path = manager.store.root / RUNNING_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    since = raw.get("stopped_at") if isinstance(raw, dict) else None
+    recorded = read_running(manager) or []
+    if not isinstance(since, str):
+        return []
+    by_name = {vm.name: vm for vm in vms}
+    return [
+        n for n in recorded
+        if n in by_name and not VMView.of(by_name[n]).alive
+        and ((by_name[n].stopped_at or "") >= since or by_name[n].state == VMState.STOPPING.value)
+    ]  # fmt: skip
+
+
 def autostop(
     manager: Manager,
     *,
@@ -132,7 +153,7 @@ def autostop(
     vms, problems = manager.store.load_all()
     running = [vm.name for vm in vms if VMView.of(vm).alive]
     if manager.store.root.is_dir():  # no data dir: nothing ran, nothing to remember
-        write_running(manager, running)
+        write_running(manager, running + _stopped_by_an_interrupted_autostop(manager, vms))
     faults.point("autostop.recorded")
 
     def stop(name: str) -> Outcome:

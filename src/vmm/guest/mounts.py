@@ -541,7 +541,7 @@ class MountImages:
             vm = self._stopped_vm(name)
             m = self.find(vm, tag)
             check_host_dir(m.host_path)
-            if not m.read_only and not force and self.guest_changed(m):
+            if not m.read_only and not force and self.guest_changed(m) and not self._same_as_host(m):
                 raise ConflictError(
                     f"the guest changed mount {tag!r} of VM {name!r} since the last sync; "
                     "syncing would discard those changes",
@@ -553,6 +553,14 @@ class MountImages:
             faults.point("mount-sync.built")
             self.store.save(vm)
             return m
+
+    def _same_as_host(self, m: Mount) -> bool:
+        """The image holds exactly what the host directory holds now: a sync interrupted after
+        building it (before the record was saved) looks like a guest change, and is not one."""
+        path = Path(image_path(m))
+        if not path.exists():
+            return False
+        return image_digest(self.runner, path, self.scratch) == scan_tree(Path(m.host_path)).digest
 
     def pull(
         self, name: str, tag: str, *, to: Path | None = None, force: bool = False

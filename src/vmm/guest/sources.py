@@ -41,6 +41,7 @@ from typing import Any
 
 from vmm.errors import ValidationError, VmmError
 from vmm.runner import Runner
+from vmm.store import scratch_prefix
 
 MiB = 1024 * 1024
 SCHEMES = ("oci", "oci-archive", "docker-archive", "docker")
@@ -302,7 +303,7 @@ def stage(runner: Runner, source: Source, scratch: Path) -> Staged:
     if source.kind == "dir":
         return Staged(Path(source.location), None)
     scratch.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=".import-", dir=scratch))
+    temp = Path(tempfile.mkdtemp(prefix=scratch_prefix("import"), dir=scratch))
     tree = temp / "rootfs"
     tree.mkdir()
     try:
@@ -516,7 +517,7 @@ def prepare_if_needed(
     result = staged
     if staged.temp is None:
         scratch.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=".import-", dir=scratch))
+        temp = Path(tempfile.mkdtemp(prefix=scratch_prefix("import"), dir=scratch))
         result = Staged(temp / "rootfs", temp)
         try:
             say(f"copying {staged.tree}")

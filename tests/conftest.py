@@ -132,3 +132,16 @@ def register_artifacts(env: VmmEnv, tmp: Path, *, image_mb: int = 64) -> None:
 
     env.run("kernel", "import", str(fake_elf(tmp / "vmlinux")), "--name", "default", check=True)
     env.run("image", "import", str(make_ext4(tmp / "root.ext4", image_mb)), "--name", "default", check=True)
+
+
+def use_fake_firecracker(env: VmmEnv, tmp: Path, *, image_mb: int = 64) -> None:
+    """Point ``env`` at the fake firecracker, and import a fake ELF kernel and a small real
+    ext4 image (with an /etc) as ``default``: the CLI lifecycle without booting a guest."""
+    from tests.fakes.fc_harness import install_fake
+    from tests.unit.test_kernels import fake_elf
+
+    env.write_config(engine="firecracker", firecracker_bin=str(install_fake(tmp / "bin")))
+    (tmp / "tree" / "etc").mkdir(parents=True, exist_ok=True)
+    image = make_ext4(tmp / "root.ext4", image_mb, tmp / "tree")
+    env.run("kernel", "import", str(fake_elf(tmp / "vmlinux")), "--name", "default", check=True)
+    env.run("image", "import", str(image), "--name", "default", check=True)

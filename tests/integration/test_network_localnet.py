@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VmmEnv
+from tests.conftest import VmmEnv, use_fake_firecracker
 from tests.integration.test_network import (  # noqa: F401  (no_leftovers: an autouse fixture)
     BRIDGE,
     GW,
@@ -235,17 +235,7 @@ def test_the_cli_opens_route_localnet_and_hairpin_only_while_a_forward_needs_the
 ) -> None:
     """Through vmm itself (fake firecracker): a localhost forward switches route_localnet on
     for the bridge and hairpin on for the VM's TAP; removing the last forward switches both off."""
-    from tests.fakes.fc_harness import install_fake
-    from tests.unit.test_kernels import fake_elf
-
-    vmm_env.write_config(engine="firecracker", firecracker_bin=str(install_fake(tmp_path / "bin")))
-    img = tmp_path / "root.ext4"
-    (tmp_path / "tree" / "etc").mkdir(parents=True)
-    with img.open("wb") as f:
-        f.truncate(64 * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tmp_path / "tree"), str(img)], check=True)
-    vmm_env.run("kernel", "import", str(fake_elf(tmp_path / "vmlinux")), "--name", "default", check=True)
-    vmm_env.run("image", "import", str(img), "--name", "default", check=True)
+    use_fake_firecracker(vmm_env, tmp_path)
     vmm_env.run("create", "lo1", "--disk", "128", check=True)
     vmm_env.run("start", "lo1", "--no-wait", ns=netns, check=True)
     tap = json.loads(vmm_env.run("inspect", "lo1", check=True).stdout)["tap"]

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VmmEnv
-from tests.fakes.fc_harness import install_fake
+from tests.conftest import VmmEnv, use_fake_firecracker
 from tests.netns import NetNS
-from tests.unit.test_kernels import fake_elf
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +41,7 @@ def running(vmm_env: VmmEnv, netns: NetNS, tmp_path: Path) -> VmmEnv:
     share = tmp_path / "share"
     share.mkdir()
     (share / "notes").write_text("host file\n")
-    vmm_env.write_config(engine="firecracker", firecracker_bin=str(install_fake(tmp_path / "bin")))
-    img = tmp_path / "root.ext4"
-    (tmp_path / "tree" / "etc").mkdir(parents=True)
-    with img.open("wb") as f:
-        f.truncate(64 * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tmp_path / "tree"), str(img)], check=True)
-    vmm_env.run("kernel", "import", str(fake_elf(tmp_path / "vmlinux")), "--name", "default", check=True)
-    vmm_env.run("image", "import", str(img), "--name", "default", check=True)
+    use_fake_firecracker(vmm_env, tmp_path)
     vmm_env.run("create", "p1", "--disk", "128", "--mount", f"{share}:share", check=True)
     vmm_env.run("start", "p1", "--no-wait", ns=netns, check=True)
     return vmm_env

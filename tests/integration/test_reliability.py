@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VmmEnv
-from tests.fakes.fc_harness import install_fake
+from tests.conftest import VmmEnv, use_fake_firecracker
 from tests.netns import NetNS
-from tests.unit.test_kernels import fake_elf
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -26,14 +24,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def fc(vmm_env: VmmEnv, tmp_path: Path) -> VmmEnv:
-    vmm_env.write_config(engine="firecracker", firecracker_bin=str(install_fake(tmp_path / "bin")))
-    img = tmp_path / "root.ext4"
-    (tmp_path / "tree" / "etc").mkdir(parents=True)
-    with img.open("wb") as f:
-        f.truncate(64 * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tmp_path / "tree"), str(img)], check=True)
-    vmm_env.run("kernel", "import", str(fake_elf(tmp_path / "vmlinux")), "--name", "default", check=True)
-    vmm_env.run("image", "import", str(img), "--name", "default", check=True)
+    use_fake_firecracker(vmm_env, tmp_path)
     vmm_env.run("create", "fc1", "--disk", "128", check=True)
     return vmm_env
 

@@ -160,17 +160,8 @@ class Inventory(FrozenRecord):
     sockets: tuple[str, ...]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def take_inventory(data_dir: Path, probes: Probes) -> Inventory:
+    from vmm.host.liveness import pid_exists
     from vmm.store import Store, scratch_owner
 
     store = Store(data_dir)
@@ -188,7 +179,7 @@ def take_inventory(data_dir: Path, probes: Probes) -> Inventory:
         for entry in sorted(os.listdir(store.vms_dir)):
             full = store.vms_dir / entry
             owner = scratch_owner(entry)
-            if owner is not None and not _pid_alive(owner):  # not a write under way
+            if owner is not None and not pid_exists(owner):  # not a write under way
                 tmp_files.append(str(full))
             elif full.is_dir() and not entry.startswith(".") and entry not in names:
                 dirs.append(str(full))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmm.errors import VmmError
-from vmm.host.liveness import is_alive
+from vmm.host.liveness import is_alive, pid_exists
 from vmm.record import FrozenRecord
 from vmm.status import process_ref
 from vmm.store import scratch_owner
@@ -44,16 +44,6 @@ class Leftover(FrozenRecord):
     what: str  # one line for the report
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def scratch_entries(data_dir: Path) -> list[Path]:
     """vmm's temp entries below the data dir whose command is gone."""
     found: list[Path] = []
@@ -68,7 +58,7 @@ def scratch_entries(data_dir: Path) -> list[Path]:
             continue
         for entry in sorted(entries):
             pid = scratch_owner(entry)
-            if pid is not None and not _pid_alive(pid):
+            if pid is not None and not pid_exists(pid):
                 found.append(d / entry)
     return found
 

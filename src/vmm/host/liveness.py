@@ -106,3 +106,14 @@ def runs_with(ref: ProcessRef, needle: str) -> bool:
     hypervisor (every engine puts the VM's socket path on its command line)."""
     argv = cmdline_of(ref.pid)
     return argv is not None and any(needle in a for a in argv)
+
+
+def pid_exists(pid: int) -> bool:
+    """Some process has this pid (EPERM means it exists, owned by someone else)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -17,6 +17,7 @@ Test-only code: it needs PyYAML and jsonschema, which vmm itself must not depend
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 FIRECRACKER_VERSION = "1.11.0"
 
@@ -49,20 +49,32 @@ def spec_path() -> Path:
     return Path(override) if override else DEFAULT_SPEC_PATH
 
 
-class _Yaml12Loader(yaml.SafeLoader):  # type: ignore[misc]  # (no PyYAML stubs)
+def _yaml_12_loader() -> Any:
     """SafeLoader without YAML 1.1's ``yes/no/on/off`` booleans: the Logger level enum has a
-    value ``Off`` that PyYAML would otherwise turn into ``False``."""
+    value ``Off`` that PyYAML would otherwise turn into ``False``. (PyYAML is imported only when
+    the JSON copy of the spec has to be made.)"""
+    import yaml
+
+    class Yaml12Loader(yaml.SafeLoader):  # type: ignore[misc]  # (no PyYAML stubs)
+        pass
+
+    Yaml12Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Yaml12Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool",
+        re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+        list("tTfF"),
+    )
+    return Yaml12Loader
 
 
-_Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
+def parse_yaml(text: str) -> dict[str, Any]:
+    import yaml
+
+    spec: dict[str, Any] = yaml.load(text, Loader=_yaml_12_loader())  # a SafeLoader subclass
+    return spec
 
 
 @cache
@@ -74,10 +86,37 @@ def load_spec(path: Path | None = None) -> dict[str, Any]:
             "need tests/data/firecracker/v1.11.0/firecracker.yaml "
             "(or VMM_FC_SPEC pointing at it)"
         )
-    with path.open() as f:
-        spec: dict[str, Any] = yaml.load(f, Loader=_Yaml12Loader)  # a SafeLoader subclass
+    spec = _parsed(path)
     if spec.get("swagger") != "2.0" or str(spec["info"]["version"]) != FIRECRACKER_VERSION:
         raise SpecMissing(f"{path} is not the Firecracker {FIRECRACKER_VERSION} swagger spec")
+    return spec
+
+
+def _parsed(path: Path) -> dict[str, Any]:
+    """The YAML parsed, through a copy next to it keyed by the YAML's sha256: parsing the YAML
+    costs the fake firecracker ~50 ms of CPU at every start (50 parallel starts in the
+    benchmarks would measure the fake rather than vmm); the copy loads in under a millisecond.
+    ``marshal``, not JSON: the spec has integer keys (response codes) that JSON would turn into
+    strings; marshal only rebuilds data. The YAML stays the source."""
+    import hashlib
+    import marshal
+
+    raw = path.read_bytes()
+    cache = path.with_name(f".{path.stem}.{hashlib.sha256(raw).hexdigest()[:16]}.marshal")
+    try:
+        cached = marshal.loads(cache.read_bytes())
+        if isinstance(cached, dict):
+            return cached
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    spec = parse_yaml(raw.decode())
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(marshal.dumps(spec))
+        os.replace(tmp, cache)
+    except OSError:  # a read-only checkout: parse every time
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     return spec
 
 

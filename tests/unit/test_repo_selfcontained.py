@@ -18,7 +18,7 @@ SPEC_SHA256 = "aeb3163f875f8da99178274fd3db5388d7e850c65606ec531ecd7674fb8e239c"
 # Written in pieces so that this file does not match itself.
 LEAVING = [
     re.compile(r"\.\./" + r"shared\b"),  # the directory beside a developer's checkout
-    re.compile(r"\bparent\s*/\s*[\"']" + r"shared[\"']"),  # REPO.parent / "shared"
+    re.compile(r"\bparent\s*/\s*[\"']" + "sha" + r"red[\"']"),  # REPO.parent / the dir
     re.compile(r"(?<![\w.])shared/" + r"(docs|firecracker|seed)/"),  # citations of it
     re.compile(r"(?<![\w/])/" + r"work/"),  # the machine the project was written on
     # someone's real home directory (made-up example users are fine)
@@ -50,7 +50,7 @@ def test_no_path_leaves_the_repository() -> None:
 
 def test_the_patterns_catch_what_they_are_for() -> None:
     bad = [
-        'DEFAULT = REPO.parent / "shared" / "firecracker"',
+        'DEFAULT = REPO.parent / "sha' + 'red" / "firecracker"',
         "see ../" + "shared/docs/testing.md",
         "(shared/" + "docs/firecracker.md §1)",
         "cp /" + "work/main/x .",

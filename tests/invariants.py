@@ -59,7 +59,6 @@ Allowances — the only states tolerated, each for a reason:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -68,6 +67,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vmm.store import lock_held
 
 BRIDGE = "vmm-br0"
 TABLE = ("ip", "vmm")
@@ -169,20 +170,6 @@ def _read_records(vms: Path) -> dict[str, str]:
     return out
 
 
-def _lock_held(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def _held_locks(data_dir: Path) -> set[str]:
     locks = data_dir / "locks"
     try:
@@ -192,7 +179,7 @@ def _held_locks(data_dir: Path) -> set[str]:
     return {
         e[:-5]
         for e in entries
-        if e.endswith(".lock") and e != "global.lock" and _lock_held(locks / e)
+        if e.endswith(".lock") and e != "global.lock" and lock_held(locks / e)
     }
 
 

@@ -698,22 +698,7 @@ class Manager:
         (state ``starting`` while its start holds the VM lock: the process does not exist yet)."""
         if is_alive(process_ref(vm)):
             return True
-        return vm.state == VMState.STARTING.value and self._vm_lock_held(vm.name)
-
-    def _vm_lock_held(self, name: str) -> bool:
-        import fcntl
-
-        try:
-            fd = os.open(self.store.locks_dir / f"{name}.lock", os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # also releases the probe's own lock
-        return False
+        return vm.state == VMState.STARTING.value and self.store.is_locked(vm.name)
 
     def apply_network_rules_locked(
         self, *, starting: VM | None = None, always: bool = False

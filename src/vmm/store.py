@@ -71,6 +71,21 @@ def scratch_owner(entry: str) -> int | None:
     return int(m.group(1) or m.group(2))
 
 
+def lock_held(path: Path) -> bool:
+    """Someone holds the flock on ``path`` (the probe's own shared lock is released at once)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 class RunPaths(FrozenRecord):
     """Per-VM files an engine uses at run time."""
 
@@ -256,6 +271,10 @@ class Store:
     def global_lock(self) -> contextlib.AbstractContextManager[None]:
         """Guards names, IP allocation and host networking."""
         return self._flock(self.locks_dir / "global.lock")
+
+    def is_locked(self, name: str) -> bool:
+        """A command holds VM ``name``'s lifecycle lock right now (a probe, never a wait)."""
+        return lock_held(self.locks_dir / f"{name}.lock")
 
     def vm_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
         """Guards one VM's lifecycle (start/stop/delete)."""

@@ -87,7 +87,7 @@ def find(m: Manager) -> list[Leftover]:
     running_taps = set()
     for vm in vms:
         alive = is_alive(process_ref(vm))
-        locked = m._vm_lock_held(vm.name)
+        locked = m.store.is_locked(vm.name)
         if alive:
             running_taps.add(vm.tap)
         if locked:

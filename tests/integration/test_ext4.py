@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vmm.guest import customize, ext4
-from vmm.runner import Runner
+from vmm.runner import Result, Runner
 
 pytestmark = [
     pytest.mark.integration,
@@ -101,6 +101,81 @@ def test_guest_files_written_without_mounting(tmp_path: Path) -> None:
     assert "Type: symlink" in link
     assert ext4.path_exists(runner, img, "/usr/lib/systemd/system/systemd-networkd.service")
     assert not ext4.path_exists(runner, img, "/nonexistent")
+    fsck_clean(img)
+
+
+class CountingRunner(Runner):
+    """A real runner that counts the debugfs sessions."""
+
+    def __init__(self) -> None:
+        self.debugfs = 0
+
+    def run(self, argv, **kwargs):  # type: ignore[no-untyped-def]
+        self.debugfs += "debugfs" in argv
+        result: Result = super().run(argv, **kwargs)
+        return result
+
+
+def test_existing_looks_up_many_paths_in_one_session(tmp_path: Path) -> None:
+    runner = CountingRunner()
+    img = make_image(tmp_path)
+    paths = [
+        "/etc",
+        "/etc/hostname",
+        "/lib/systemd/system/systemd-networkd.service",  # through the /lib -> usr/lib link
+        "/usr/lib/systemd/system/systemd-networkd.service",
+        "/etc/resolv.conf",  # a dangling symlink is there all the same
+        "/nonexistent",
+        "/etc/nonexistent/deeper",
+        "/etc",  # asked twice, answered once
+    ]
+    found = ext4.existing(runner, img, paths)
+    assert runner.debugfs == 1
+    assert found == set(paths) - {"/nonexistent", "/etc/nonexistent/deeper"}
+    assert found.checked == set(paths)
+    assert ext4.existing(runner, img, []) == set() and runner.debugfs == 1  # nothing to ask
+    with pytest.raises(Exception, match="invalid guest path"):
+        ext4.existing(runner, img, ["/etc", "relative"])
+
+
+@pytest.mark.parametrize("networkd", [True, False])
+def test_every_boot_write_takes_two_sessions(tmp_path: Path, networkd: bool) -> None:
+    """What a start does: one read-only session looks everything up, one writes."""
+    runner = CountingRunner()
+    img = make_image(tmp_path)
+    if not networkd:
+        subprocess.run(
+            ["debugfs", "-w", "-R", "rm /usr/lib/systemd/system/systemd-networkd.service", str(img)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    for start in range(3):  # the first start makes the directories, later ones rewrite
+        runner.debugfs = 0
+        found = ext4.existing(runner, img, customize.every_boot_probes())
+        assert customize.networkd_present(found) is networkd
+        files = customize.every_boot_files(
+            mac="06:00:AC:10:00:02", ip=f"172.16.0.{2 + start}", subnet="172.16.0.0/16",
+            gateway="172.16.0.1", dns=["9.9.9.9"], networkd_present=customize.networkd_present(found),
+        )  # fmt: skip
+        ext4.write_files(runner, img, files, known=found)
+        assert runner.debugfs == 2
+        text = ext4.read_file(runner, img, customize.NETWORK_FILE) or ""
+        assert f"Address=172.16.0.{2 + start}/16" in text
+        fsck_clean(img)
+    assert ext4.path_exists(runner, img, customize.NETWORKD_WANTS) is networkd
+
+
+def test_write_files_looks_up_what_known_did_not_check(tmp_path: Path) -> None:
+    """A ``known`` that never asked about a directory is no proof that it is absent: such
+    paths are looked up (a mkdir over an existing directory would corrupt the filesystem)."""
+    runner = CountingRunner()
+    img = make_image(tmp_path)
+    known = ext4.existing(runner, img, ["/usr"])  # nothing about /etc or /etc/systemd
+    runner.debugfs = 0
+    ext4.write_files(runner, img, [ext4.GuestFile("/etc/systemd/x.conf", b"x\n")], known=known)
+    assert runner.debugfs == 2
+    ext4.write_files(runner, img, [ext4.GuestFile("/etc/systemd/y.conf", b"y\n")], known=ext4.Existing())
+    assert ext4.read_file(runner, img, "/etc/systemd/x.conf") == "x\n"
+    assert ext4.read_file(runner, img, "/etc/systemd/y.conf") == "y\n"
     fsck_clean(img)
 
 

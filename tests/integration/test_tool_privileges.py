@@ -52,8 +52,10 @@ def test_e2fsck_and_debugfs_go_through_the_unprivileged_path(tmp_path: Path) -> 
     ext4.make_consistent(rec, image, what="a disk")
     ext4.write_files(rec, image, [ext4.GuestFile("/etc/hostname", b"x\n")])
     ext4.path_exists(rec, image, "/etc")
+    ext4.existing(rec, image, ["/etc", "/usr"])
+    ext4.write_files(rec, image, [ext4.GuestFile("/etc/x", b"x\n")], known=ext4.Existing(checked=["/etc", "/etc/x"]))
     tools = [c for c in rec.calls if any(t in c for t in ("e2fsck", "debugfs"))]
-    assert len(tools) >= 3
+    assert len(tools) >= 6
     for argv in tools:
         assert argv[:3] == ["setpriv", f"--reuid={ext4.TOOL_UID}", f"--regid={ext4.TOOL_UID}"], argv
         assert "--no-new-privs" in argv and str(image) not in argv  # opened through a passed fd

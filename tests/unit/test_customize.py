@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from vmm.errors import ValidationError
-from vmm.guest import customize
+from vmm.guest import customize, ext4
 from vmm.guest.ext4 import GuestFile, debugfs_script
 
 pytestmark = pytest.mark.unit
@@ -72,3 +72,42 @@ def test_debugfs_script() -> None:
 def test_debugfs_script_rejects_bad_paths(path: str) -> None:
     with pytest.raises(ValidationError):
         debugfs_script([GuestFile(path, b"")], ["/tmp/f0"], set())
+
+
+@pytest.mark.parametrize("networkd", [True, False])
+def test_every_boot_probes_cover_what_the_write_needs(networkd: bool) -> None:
+    """One lookup session serves the write: every path write_files must know about is in it."""
+    files = customize.every_boot_files(
+        mac="06:00:ac:10:00:02", ip="172.16.0.2", subnet="172.16.0.0/16", gateway="172.16.0.1",
+        dns=[], networkd_present=networkd,
+    )  # fmt: skip
+    probes = customize.every_boot_probes()
+    assert set(ext4.paths_to_check(files)) <= set(probes)
+    assert set(customize.NETWORKD_UNITS) <= set(probes)
+    assert customize.networkd_present(ext4.Existing(found=[customize.NETWORKD_UNIT], checked=probes))
+    assert customize.networkd_present({"/usr/lib/systemd/system/systemd-networkd.service"})
+    assert not customize.networkd_present(ext4.Existing(found=["/etc"], checked=probes))
+
+
+def test_paths_to_check() -> None:
+    files = [GuestFile("/a/b/c"), GuestFile("/a/d", symlink_to="/x"), GuestFile("/top")]
+    assert ext4.paths_to_check(files) == ["/a", "/a/b", "/a/b/c", "/a/d", "/top"]
+
+
+def test_existing_result_knows_what_was_asked() -> None:
+    found = ext4.Existing(found=["/a"], checked=["/b"])
+    assert found == {"/a"} and found.checked == {"/a", "/b"}
+    assert ext4.Existing() == set() and ext4.Existing().checked == frozenset()
+
+
+def test_guest_file_is_a_frozen_value() -> None:
+    a = GuestFile("/etc/x", b"1", mode=0o600)
+    assert a == GuestFile("/etc/x", b"1", 0o600, 0, 0, None)
+    assert a != GuestFile("/etc/x", b"1") and a != ("/etc/x",)
+    assert len({a, GuestFile("/etc/x", b"1", mode=0o600)}) == 1
+    assert repr(a) == "GuestFile(path='/etc/x', content=b'1', mode=384, uid=0, gid=0, symlink_to=None)"
+    with pytest.raises(AttributeError):
+        a.path = "/y"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del a.mode  # type: ignore[misc]
+    assert (GuestFile("/l", symlink_to="/t").symlink_to, GuestFile("/l").content) == ("/t", b"")

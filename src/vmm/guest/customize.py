@@ -10,11 +10,13 @@ from __future__ import annotations
 import ipaddress
 
 from vmm.errors import ValidationError
-from vmm.guest.ext4 import GuestFile
+from vmm.guest.ext4 import GuestFile, paths_to_check
 
 NETWORK_FILE = "/etc/systemd/network/10-vmm.network"
 NETWORKD_UNIT = "/lib/systemd/system/systemd-networkd.service"
 NETWORKD_WANTS = "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+# Where an image may have systemd-networkd's unit (merged /usr or not): either means networkd.
+NETWORKD_UNITS = ("/usr/lib/systemd/system/systemd-networkd.service", NETWORKD_UNIT)
 
 
 def kernel_ip_arg(ip: str, gateway: str, subnet: str, hostname: str, dns: list[str]) -> str:
@@ -143,3 +145,17 @@ def every_boot_files(
     if networkd_present:
         files.append(GuestFile(NETWORKD_WANTS, symlink_to=NETWORKD_UNIT))
     return files
+
+
+def every_boot_probes() -> list[str]:
+    """The guest paths to look up before the every-boot write, all in one
+    ``ext4.existing`` session: networkd's unit (``networkd_present``), and what
+    ``ext4.write_files`` needs to know for either variant of ``every_boot_files``."""
+    written = [GuestFile(NETWORK_FILE), GuestFile(NETWORKD_WANTS, symlink_to=NETWORKD_UNIT)]
+    return [*NETWORKD_UNITS, *paths_to_check(written)]
+
+
+def networkd_present(found: set[str]) -> bool:
+    """Whether the image has systemd-networkd, from an ``ext4.existing`` result that looked
+    up ``every_boot_probes()``."""
+    return any(p in found for p in NETWORKD_UNITS)

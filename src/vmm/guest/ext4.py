@@ -19,8 +19,7 @@ import os
 import posixpath
 import re
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from vmm.errors import CommandError, ValidationError, VmmError
@@ -39,16 +38,53 @@ TOOL_UID = 65533
 _NOT_FOUND = re.compile(r"^(/\S*): File not found by ext2_lookup")
 
 
-@dataclass(frozen=True)
 class GuestFile:
-    """A file to put into a guest image; ``symlink_to`` makes it a symbolic link instead."""
+    """A file to put into a guest image; ``symlink_to`` makes it a symbolic link instead.
 
+    A frozen value (equal, hashable, read-only attributes), without ``dataclasses``: it is on
+    every start's import path."""
+
+    __slots__ = ("path", "content", "mode", "uid", "gid", "symlink_to")
     path: str
-    content: bytes = b""
-    mode: int = 0o644
-    uid: int = 0
-    gid: int = 0
-    symlink_to: str | None = None
+    content: bytes
+    mode: int
+    uid: int
+    gid: int
+    symlink_to: str | None
+
+    def __init__(
+        self,
+        path: str,
+        content: bytes = b"",
+        mode: int = 0o644,
+        uid: int = 0,
+        gid: int = 0,
+        symlink_to: str | None = None,
+    ) -> None:
+        for name, value in zip(self.__slots__, (path, content, mode, uid, gid, symlink_to), strict=True):
+            object.__setattr__(self, name, value)
+
+    def _values(self) -> tuple[object, ...]:
+        return (self.path, self.content, self.mode, self.uid, self.gid, self.symlink_to)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, GuestFile)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={v!r}" for n, v in zip(self.__slots__, self._values(), strict=True))
+        return f"GuestFile({inner})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"GuestFile is frozen: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"GuestFile is frozen: cannot delete {name!r}")
 
 
 def is_ext4(path: Path) -> bool:
@@ -263,27 +299,68 @@ def run_debugfs_checked(
         raise VmmError(f"could not {what} in {image}: {errors[0]}", details="\n".join(errors))
 
 
-def existing_paths(runner: Runner, image: Path, paths: list[str]) -> set[str]:
-    """Which of ``paths`` exist in the image (one read-only debugfs run)."""
-    if not paths:
-        return set()
-    for p in paths:
+class Existing(set[str]):
+    """The paths ``existing`` found (the set itself), and every path it looked for
+    (``checked``): ``write_files`` reuses a result only for paths that were looked for, since
+    a path missing from the set because nobody asked is not a path known to be absent."""
+
+    __slots__ = ("checked",)
+
+    def __init__(self, found: Iterable[str] = (), checked: Iterable[str] = ()) -> None:
+        super().__init__(found)
+        self.checked: frozenset[str] = frozenset(checked) | self
+
+
+def existing(runner: Runner, image: Path, paths: Iterable[str]) -> Existing:
+    """Which of ``paths`` exist in the image: one read-only debugfs session for all of them.
+
+    A path counts as absent only when debugfs says exactly that of it (``File not found by
+    ext2_lookup``, naming the path vmm asked for); any other answer counts as present, so a
+    damaged or crafted filesystem can make vmm skip a ``mkdir`` (the write then fails), never
+    make it ``mkdir`` over an existing directory (which corrupts the filesystem)."""
+    wanted = list(dict.fromkeys(paths))
+    if not wanted:
+        return Existing()
+    for p in wanted:
         check_guest_path(p)
-    result = run_debugfs(runner, image, "".join(f"stat {p}\n" for p in paths), write=False)
+    result = run_debugfs(runner, image, "".join(f"stat {p}\n" for p in wanted), write=False)
     missing = set()
     for line in result.stderr.splitlines():
         m = _NOT_FOUND.match(line)
         if m:
             missing.add(m.group(1))
-    return set(paths) - missing
+    return Existing((p for p in wanted if p not in missing), wanted)
 
 
-def write_files(runner: Runner, image: Path, files: list[GuestFile]) -> None:
-    """Install ``files`` into the ext4 ``image`` (creating parent directories)."""
+existing_paths = existing  # the older name (vmm.guest.mounts)
+
+
+def paths_to_check(files: Iterable[GuestFile]) -> list[str]:
+    """What ``write_files`` must know about before it writes ``files``: each file's parent
+    directories and the file itself (sorted, no duplicates). Pass them (with anything else
+    to look up in the same session) to ``existing``, and its result to ``write_files``."""
+    files = list(files)
+    return sorted({d for f in files for d in _parents(f.path)} | {f.path for f in files})
+
+
+def write_files(
+    runner: Runner, image: Path, files: list[GuestFile], *, known: Existing | None = None
+) -> None:
+    """Install ``files`` into the ext4 ``image`` (creating parent directories).
+
+    One debugfs session writes everything; one read-only session before it looks up which
+    parents and files exist, unless ``known`` (an ``existing()`` result for this image, taken
+    after its last change) already covers ``paths_to_check(files)``.
+    """
     if not files:
         return
-    candidates = sorted({d for f in files for d in _parents(f.path)} | {f.path for f in files})
-    existing = existing_paths(runner, image, candidates)
+    candidates = paths_to_check(files)
+    present: set[str] = set()
+    if known is not None:
+        present = {p for p in candidates if p in known}
+        candidates = [p for p in candidates if p not in known.checked]
+    if candidates:
+        present |= existing(runner, image, candidates)
     with tempfile.TemporaryDirectory(prefix="vmm-debugfs-") as tmp:
         names = []
         for i, f in enumerate(files):
@@ -291,7 +368,7 @@ def write_files(runner: Runner, image: Path, files: list[GuestFile]) -> None:
             with open(local, "wb") as out:
                 out.write(f.content)
             names.append(local)
-        script = debugfs_script(files, names, existing)
+        script = debugfs_script(files, names, present)
         lent = (Path(tmp), *(Path(n) for n in names))  # what debugfs reads, for this call
         run_debugfs_checked(runner, image, script, what="write files", readable=lent)
 

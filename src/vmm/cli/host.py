@@ -1,4 +1,4 @@
-"""Host integration commands: service, autostart, autostop, doctor, logs, console, completion.
+"""Host integration commands: service, autostart, autostop, doctor, completion.
 
 ``autostop`` and the bare ``autostart`` are run by vmm.service and ``__complete`` by the shell
 completion scripts: they are registered without ``help=`` so ``vmm --help`` does not list them
@@ -11,23 +11,19 @@ import os
 import sys
 import threading
 
-from vmm.cli.common import help_of, load_config, manager, positive_int, print_json, require_root
-from vmm.errors import ConflictError, NotFoundError, VmmError
+from vmm.cli.common import help_of, load_config, manager, print_json, require_root
+from vmm.errors import VmmError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
-    from pathlib import Path
 
     from vmm.autostart import Outcome
     from vmm.cli.parser import SubParsers
     from vmm.config import Config
     from vmm.host.leftovers import Leftover
     from vmm.host.systemd import Service
-
-DETACH = b"\x1d"  # Ctrl-]
-
 
 # -- parsers ----------------------------------------------------------------------------------
 
@@ -96,20 +92,6 @@ def _add_doctor(sub: SubParsers) -> None:
         "--fix", action="store_true", help="remove orphaned TAPs, stale sockets, leftover files"
     )
     d.set_defaults(handler=cmd_doctor)
-
-
-def _add_logs(sub: SubParsers) -> None:
-    lg = sub.add_parser("logs", help="a VM's console log")
-    lg.add_argument("name")
-    lg.add_argument("-f", "--follow", action="store_true", help="keep printing what the VM writes")
-    lg.add_argument("-n", "--lines", type=positive_int, metavar="N", help="only the last N lines")
-    lg.set_defaults(handler=cmd_logs)
-
-
-def _add_console(sub: SubParsers) -> None:
-    c = sub.add_parser("console", help="attach to a VM's serial console (QEMU; Ctrl-] detaches)")
-    c.add_argument("name")
-    c.set_defaults(handler=cmd_console)
 
 
 def _add_completion(sub: SubParsers) -> None:
@@ -303,151 +285,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-# -- logs and console --------------------------------------------------------------------------
-
-
-def _console_log(name: str) -> Path:
-    from vmm.models import validate_name
-    from vmm.store import Store
-
-    validate_name(name)
-    store = Store(load_config().data_path)
-    if not store.exists(name):
-        raise NotFoundError(
-            f"VM {name!r} does not exist", hint="see 'vmm list -a' for the VMs there are"
-        )
-    path = store.run_paths(name).console_log
-    if not path.exists():
-        raise NotFoundError(
-            f"VM {name!r} has no console log yet: it has never been started",
-            hint=f"start it with 'vmm start {name}'",
-        )
-    return path
-
-
-def _last_lines(data: bytes, n: int) -> bytes:
-    lines = data.splitlines(keepends=True)
-    return b"".join(lines[-n:])
-
-
-def cmd_logs(args: argparse.Namespace) -> int:
-    import time
-
-    path = _console_log(args.name)
-    out = sys.stdout.buffer
-    with path.open("rb") as f:
-        if args.lines is not None:
-            size = f.seek(0, os.SEEK_END)
-            chunk = 64 * 1024
-            while True:  # read back far enough for N lines
-                start = max(0, size - chunk)
-                f.seek(start)
-                data = f.read()
-                if start == 0 or data.count(b"\n") > args.lines:
-                    break
-                chunk *= 4
-            out.write(_last_lines(data, args.lines))
-        else:
-            while data := f.read(1024 * 1024):
-                out.write(data)
-        out.flush()
-        if not args.follow:
-            return 0
-        try:
-            while True:
-                data = f.read(65536)
-                if data:
-                    out.write(data)
-                    out.flush()
-                    continue
-                try:
-                    if os.stat(path).st_size < f.tell():  # truncated: a new start rewrote it
-                        f.seek(0)
-                        continue
-                except FileNotFoundError:
-                    pass
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            return 0
-
-
-def cmd_console(args: argparse.Namespace) -> int:
-    import socket
-
-    m = manager()
-    vm = m.get(args.name)
-    paths = m.store.run_paths(vm.name)
-    if not m.view(vm).alive:
-        raise ConflictError(
-            f"VM {vm.name!r} is not running", hint=f"'vmm logs {vm.name}' shows its console log"
-        )
-    if vm.engine != "qemu":
-        raise VmmError(
-            f"VM {vm.name!r} runs on {vm.engine}, whose serial console cannot be attached to: "
-            "its output goes to the console log",
-            hint=f"follow it with 'vmm logs -f {vm.name}'; log in with 'vmm ssh {vm.name}'",
-        )
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(str(paths.console_socket))
-    except OSError as exc:
-        sock.close()
-        raise VmmError(
-            f"cannot attach to {paths.console_socket}: {exc.strerror or exc}",
-            hint="another 'vmm console' may be attached (QEMU takes one client at a time)",
-        ) from None
-    tty = os.isatty(sys.stdin.fileno())
-    if tty:
-        print(f"Attached to {vm.name}'s console; Ctrl-] detaches.\r", file=sys.stderr, flush=True)
-    try:
-        relay(sock, sys.stdin.fileno(), sys.stdout.fileno(), raw=tty)
-    finally:
-        sock.close()
-    if tty:
-        print("\r\ndetached", file=sys.stderr)
-    return 0
-
-
-def relay(sock: object, in_fd: int, out_fd: int, *, raw: bool, drain: float = 0.5) -> None:
-    """Copy between the console socket and the terminal until Ctrl-], EOF or the VM exits.
-
-    With a terminal, it is put in raw mode (so Ctrl-C reaches the guest) and restored after.
-    Without one (a pipe), input EOF ends the session once the guest is quiet for ``drain`` s.
-    """
-    import select
-    import socket
-    import termios
-    import tty
-
-    assert isinstance(sock, socket.socket)
-    saved = termios.tcgetattr(in_fd) if raw else None
-    if raw:
-        tty.setraw(in_fd)
-    try:
-        inputs = [sock.fileno(), in_fd]
-        while True:
-            ready, _, _ = select.select(inputs, [], [], None if in_fd in inputs else drain)
-            if not ready:
-                return  # input closed and the guest is quiet
-            if sock.fileno() in ready:
-                data = sock.recv(65536)
-                if not data:
-                    return  # the VM went away
-                os.write(out_fd, data)
-            if in_fd in ready:
-                data = os.read(in_fd, 4096)
-                if not data:
-                    inputs.remove(in_fd)
-                    continue
-                if DETACH in data:
-                    sock.sendall(data[: data.index(DETACH)])
-                    return
-                sock.sendall(data)
-    finally:
-        if saved is not None:
-            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
-
-
 # -- completion ------------------------------------------------------------------------------------
 
 
@@ -471,8 +308,6 @@ COMMANDS = {
     "autostart": _add_autostart,
     "autostop": _add_autostop,
     "doctor": _add_doctor,
-    "logs": _add_logs,
-    "console": _add_console,
     "completion": _add_completion,
     "__complete": _add_complete,
 }

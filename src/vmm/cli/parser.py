@@ -34,8 +34,8 @@ COMMAND_MODULES: dict[str, str] = {
     "autostart": "vmm.cli.host",
     "autostop": "vmm.cli.host",
     "doctor": "vmm.cli.host",
-    "logs": "vmm.cli.host",
-    "console": "vmm.cli.host",
+    "logs": "vmm.cli.console",
+    "console": "vmm.cli.console",
     "completion": "vmm.cli.host",
     "__complete": "vmm.cli.host",
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from vmm.cli.common import load_config, manager, positive_int
+from vmm.cli.common import load_config, positive_int
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,8 +62,7 @@ def _write_all(fd: int) -> Callable[[bytes], None]:
 def cmd_console(args: argparse.Namespace) -> int:
     from vmm.host import console
 
-    m = manager()
-    sock = console.connect(console.console_socket(m, args.name))
+    sock = console.connect(console.console_socket(load_config().data_path, args.name))
     tty = os.isatty(sys.stdin.fileno())
     if tty:
         print(f"Attached to {args.name}'s console; Ctrl-] detaches.\r", file=sys.stderr, flush=True)

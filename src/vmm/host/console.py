@@ -15,8 +15,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
-    from vmm.manager import Manager
-
 DETACH = b"\x1d"  # Ctrl-]
 FOLLOW_POLL = 0.2  # seconds between looks at a log that has nothing new
 
@@ -109,12 +107,18 @@ class LogReader:
 # -- the serial console ---------------------------------------------------------------------------
 
 
-def console_socket(m: Manager, name: str) -> Path:
+def console_socket(data_dir: Path, name: str) -> Path:
     """The console socket of running VM ``name``, whose engine must have one to attach to."""
     from vmm.engines import registry
+    from vmm.models import validate_name
+    from vmm.status import VMView
+    from vmm.store import Store
 
-    vm = m.get(name)
-    if not m.view(vm).alive:
+    validate_name(name)
+    store = Store(data_dir)
+    view = VMView.of(store.load(name))
+    vm = view.vm
+    if not view.alive:
         raise ConflictError(
             f"VM {vm.name!r} is not running", hint=f"'vmm logs {vm.name}' shows its console log"
         )
@@ -124,7 +128,7 @@ def console_socket(m: Manager, name: str) -> Path:
             "its output goes to the console log",
             hint=f"follow it with 'vmm logs -f {vm.name}'; log in with 'vmm ssh {vm.name}'",
         )
-    return m.store.run_paths(vm.name).console_socket
+    return store.run_paths(vm.name).console_socket
 
 
 def connect(path: Path) -> socket.socket:

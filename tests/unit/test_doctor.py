@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from vmm.config import Config
+from vmm.engines import registry
 from vmm.host import doctor
-from vmm.host.doctor import Inventory, Probes
+from vmm.host.checks import engines, records
+from vmm.host.checks.probes import Probes
+from vmm.host.checks.records import Inventory
 from vmm.network.iproute import Link, Route
 
 pytestmark = pytest.mark.unit
@@ -188,7 +191,7 @@ def test_orphan_taps_from_data() -> None:
         Link("vmm-br0", 2, kind="bridge"),
         Link("vmm-cccccccc", 5, kind="veth"),  # not a TAP: not ours to remove
     ]
-    assert doctor.orphan_taps(links, inv) == ["vmm-bbbbbbbb"]
+    assert records.orphan_taps(links, inv) == ["vmm-bbbbbbbb"]
 
 
 def test_leftovers_in_the_data_dir(tmp_path: Path) -> None:
@@ -220,3 +223,43 @@ def test_a_broken_probe_is_reported_not_raised(tmp_path: Path) -> None:
 
     c = run(Broken(), tmp_path)["subnet"]
     assert c.status == "fail" and "boom" in c.message
+
+
+def test_every_engine_has_its_checks() -> None:
+    # a third engine in the registry needs a row in the doctor's per-engine table
+    assert set(engines.ENGINE_CHECKS) == set(registry.names())
+
+
+def test_engine_checks_follow_the_registry(tmp_path: Path) -> None:
+    names = list(run(FakeProbes(), tmp_path))
+    engine_part = names[names.index("tun") + 1 : names.index("iproute2")]
+    assert engine_part == ["firecracker", "jailer", "qemu"]
+
+
+def test_configured_binaries_come_from_the_engines_settings(tmp_path: Path) -> None:
+    probes = FakeProbes()
+    probes.bins["fc"] = "/opt/fc/firecracker"
+    del probes.bins["jailer"]  # not on PATH: found beside the configured firecracker
+    probes.bins["opt-jailer"] = "/opt/fc/jailer"
+    probes.bins["qemu"] = "/opt/qemu/bin/qemu-system-x86_64"
+    probes.outputs["/opt/fc/firecracker --version"] = (0, "Firecracker v1.11.0")
+    probes.outputs["/opt/qemu/bin/qemu-system-x86_64 --version"] = (0, "QEMU emulator version 9.0.0")
+    checks = run(
+        probes,
+        tmp_path,
+        firecracker_bin="/opt/fc/firecracker",
+        qemu_bin="/opt/qemu/bin/qemu-system-x86_64",
+    )
+    assert checks["firecracker"].message == "/opt/fc/firecracker v1.11.0"
+    assert checks["jailer"].message == "/opt/fc/jailer"
+    assert checks["qemu"].message == "/opt/qemu/bin/qemu-system-x86_64 9.0.0"
+    missing = run(FakeProbes(bins={}), tmp_path, firecracker_bin="/nowhere/fc")["firecracker"]
+    assert missing.message == "not found: firecracker_bin '/nowhere/fc'"
+
+
+def test_kvm_missing_names_the_engines_that_emulate(tmp_path: Path) -> None:
+    c = run(FakeProbes(kvm="/dev/kvm does not exist"), tmp_path)["kvm"]
+    assert c.message == "/dev/kvm does not exist: the firecracker engine needs KVM"
+    assert c.hint.endswith("or use engine 'qemu' (it runs guests under TCG without KVM)")
+    q = run(FakeProbes(kvm="kvm_pvm"), tmp_path, engine="qemu")["kvm"]
+    assert (q.message, q.hint) == ("kvm_pvm: QEMU guests run under TCG (slower)", "nothing to do for engine qemu")

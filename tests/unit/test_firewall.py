@@ -429,3 +429,45 @@ def test_sysctl_bad_keys(tmp_path: Path) -> None:
         sysctl.read_sysctl(("net", "nope"), root=tmp_path)
     with pytest.raises(VmmError, match="invalid sysctl key"):
         sysctl.read_sysctl(("net", "..", "x"), root=tmp_path)
+
+
+def test_network_values_are_frozen_comparable_and_hashable() -> None:
+    """The value classes of vmm.network (plain classes, no dataclasses) behave as frozen
+    dataclasses did: field equality, hash, repr, immutability, pickling."""
+    import pickle
+
+    from vmm.network.coexist import ForwardBlocker, ForwardStatus
+    from vmm.network.iproute import Link, Route
+
+    fwd = PortForward(8080, A("172.16.0.2"), 80)
+    values = [
+        Link("vmm-br0", 3, kind="bridge", flags=frozenset({"UP"})),
+        Route(NET, dev="vmm-br0"),
+        fwd,
+        FirewallSpec("vmm-br0", NET, forwards=(fwd,)),
+        ForwardBlocker("nft", "inet", "filter", "forward"),
+        ForwardStatus((ForwardBlocker("nft", "ip", "filter", "FORWARD"),), "nft", True),
+    ]
+    for v in values:
+        assert v == pickle.loads(pickle.dumps(v)) and hash(v) == hash(pickle.loads(pickle.dumps(v)))
+        assert v != object() and len({v, pickle.loads(pickle.dumps(v))}) == 1
+        name = v.__slots__[0]
+        with pytest.raises(AttributeError):
+            setattr(v, name, None)
+        with pytest.raises(AttributeError):
+            delattr(v, name)
+        with pytest.raises(AttributeError):
+            v.other = 1  # type: ignore[attr-defined]
+    assert fwd == PortForward(host_port=8080, guest_ip=A("172.16.0.2"), guest_port=80, proto="tcp")
+    assert fwd != PortForward(8080, A("172.16.0.2"), 81)
+    assert Link("a", 1) != Route(None)  # different classes are never equal
+    assert repr(fwd) == (
+        "PortForward(host_port=8080, guest_ip=IPv4Address('172.16.0.2'), guest_port=80, "
+        "proto='tcp', host_addr=None)"
+    )
+    assert repr(ForwardStatus()) == "ForwardStatus(blockers=(), docker_user=None, rules_present=False)"
+    assert Link("x", 1).flags == frozenset() and Link("x", 1).operstate == "UNKNOWN"
+    with pytest.raises(TypeError):
+        Link("x")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):  # the checks __post_init__ made still run
+        PortForward(0, A("172.16.0.2"), 80)

@@ -1,4 +1,4 @@
-"""Host integration commands: service, autostart, autostop, doctor, completion.
+"""Host integration commands: service, autostart, autostop, completion.
 
 ``autostop`` and the bare ``autostart`` are run by vmm.service and ``__complete`` by the shell
 completion scripts: they are registered without ``help=`` so ``vmm --help`` does not list them
@@ -21,9 +21,8 @@ if TYPE_CHECKING:
 
     from vmm.autostart import Outcome
     from vmm.cli.parser import SubParsers
-    from vmm.config import Config
-    from vmm.host.leftovers import Leftover
     from vmm.host.systemd import Service
+
 
 # -- parsers ----------------------------------------------------------------------------------
 
@@ -83,15 +82,6 @@ def _add_autostop(sub: SubParsers) -> None:
         "--timeout", type=float, default=30.0, metavar="S", help="graceful wait per VM (default 30)"
     )
     a.set_defaults(handler=cmd_autostop)
-
-
-def _add_doctor(sub: SubParsers) -> None:
-    d = sub.add_parser("doctor", help="check the host for what vmm needs; find and clean leftovers")
-    d.add_argument("--json", action="store_true")
-    d.add_argument(
-        "--fix", action="store_true", help="remove orphaned TAPs, stale sockets, leftover files"
-    )
-    d.set_defaults(handler=cmd_doctor)
 
 
 def _add_completion(sub: SubParsers) -> None:
@@ -224,67 +214,6 @@ def cmd_autostart_flag(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- doctor ---------------------------------------------------------------------------------------
-
-
-def _leftovers(cfg: Config) -> list[Leftover]:
-    """What interrupted commands left (needs root to see everything; [] without a data dir)."""
-    if not cfg.data_path.is_dir() or os.geteuid() != 0:
-        return []
-    from vmm.host import leftovers
-    from vmm.manager import Manager
-
-    return leftovers.find(Manager(cfg))
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from vmm.config import Config, config_path
-    from vmm.errors import ConfigError
-    from vmm.host import doctor
-
-    error = None
-    try:
-        cfg = load_config()
-    except ConfigError as exc:  # reported as a check; the rest runs with the defaults
-        error = exc.brief
-        cfg = Config(path=config_path())
-        if os.environ.get("VMM_DATA_DIR"):
-            cfg.data_dir = os.environ["VMM_DATA_DIR"]
-    probes = doctor.Probes()
-
-    def report() -> tuple[list[doctor.Check], list[Leftover]]:
-        found = _leftovers(cfg) if error is None else []
-        return [*doctor.run_checks(cfg, error, probes), doctor.leftover_check(found)], found
-
-    checks, found = report()
-    fixed: list[str] = []
-    if args.fix and (found or any(c.leftovers for c in checks)):
-        require_root()
-        fixed = doctor.fix(checks, probes.runner)
-        if found:
-            from vmm.host import leftovers
-            from vmm.manager import Manager
-
-            fixed += leftovers.fix(Manager(cfg), found)
-        checks, found = report()
-    ok = doctor.healthy(checks)
-    if args.json:
-        print_json({"healthy": ok, "checks": [c.to_json() for c in checks], "fixed": fixed})
-        return 0 if ok else 1
-    labels = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
-    width = max(len(c.name) for c in checks)
-    for line in fixed:
-        print(f"fixed: {line}")
-    for c in checks:
-        print(f"{labels[c.status]}  {c.name:<{width}}  {c.message}")
-        if c.status != "ok" and c.hint:
-            print(f"      {'':<{width}}  hint: {c.hint}")
-    fails = sum(c.status == "fail" for c in checks)
-    warns = sum(c.status == "warn" for c in checks)
-    print(f"{'healthy' if ok else 'NOT healthy'}: {fails} failed, {warns} warning(s)")
-    return 0 if ok else 1
-
-
 # -- completion ------------------------------------------------------------------------------------
 
 
@@ -307,7 +236,6 @@ COMMANDS = {
     "service": _add_service,
     "autostart": _add_autostart,
     "autostop": _add_autostop,
-    "doctor": _add_doctor,
     "completion": _add_completion,
     "__complete": _add_complete,
 }

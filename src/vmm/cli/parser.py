@@ -33,7 +33,7 @@ COMMAND_MODULES: dict[str, str] = {
     "service": "vmm.cli.host",
     "autostart": "vmm.cli.host",
     "autostop": "vmm.cli.host",
-    "doctor": "vmm.cli.host",
+    "doctor": "vmm.cli.doctor",
     "logs": "vmm.cli.console",
     "console": "vmm.cli.console",
     "completion": "vmm.cli.host",

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any
 
+from vmm.network.iproute import Value
 from vmm.network.links import validate_ifname
 from vmm.runner import Runner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +33,17 @@ COMMENT = "vmm"
 DOCKER_USER = "DOCKER-USER"
 
 
-@dataclass(frozen=True)
-class ForwardBlocker:
+class ForwardBlocker(Value):
     """A forward chain outside vmm's table whose policy is drop."""
 
+    __slots__ = ("tool", "family", "table", "chain")
     tool: str  # "nft" or "iptables"
     family: str
     table: str
     chain: str
+
+    def __init__(self, tool: str, family: str, table: str, chain: str) -> None:
+        self._init(tool, family, table, chain)
 
     def __str__(self) -> str:
         if self.tool == "iptables":
@@ -45,13 +51,21 @@ class ForwardBlocker:
         return f"nft table {self.family} {self.table}, chain {self.chain} (hook forward, policy drop)"
 
 
-@dataclass(frozen=True)
-class ForwardStatus:
+class ForwardStatus(Value):
     """What ``ensure_forward_allowed`` found and did."""
 
-    blockers: tuple[ForwardBlocker, ...] = ()
-    docker_user: str | None = None  # "iptables" or "nft" when a DOCKER-USER chain exists
-    rules_present: bool = False  # vmm's accepts are in DOCKER-USER
+    __slots__ = ("blockers", "docker_user", "rules_present")
+    blockers: tuple[ForwardBlocker, ...]
+    docker_user: str | None  # "iptables" or "nft" when a DOCKER-USER chain exists
+    rules_present: bool  # vmm's accepts are in DOCKER-USER
+
+    def __init__(
+        self,
+        blockers: tuple[ForwardBlocker, ...] = (),
+        docker_user: str | None = None,
+        rules_present: bool = False,
+    ) -> None:
+        self._init(blockers, docker_user, rules_present)
 
     @property
     def blocked(self) -> bool:

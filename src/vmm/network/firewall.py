@@ -43,13 +43,16 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
 
 from vmm.errors import ConflictError, ValidationError, VmmError
+from vmm.network.iproute import Value
 from vmm.network.links import validate_ifname
 from vmm.runner import Runner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +63,28 @@ LOOPBACK = IPv4Network("127.0.0.0/8")  # never a valid address on the bridge (se
 _NFT_HINT = "install nftables (apt-get install nftables) and check that nf_tables is available"
 
 
-@dataclass(frozen=True)
-class PortForward:
+class PortForward(Value):
     """host ``host_addr``:``host_port`` -> guest ``guest_ip``:``guest_port``.
 
     ``host_addr`` None means any of the host's own addresses (including 127.0.0.1).
     """
 
+    __slots__ = ("host_port", "guest_ip", "guest_port", "proto", "host_addr")
     host_port: int
     guest_ip: IPv4Address
     guest_port: int
-    proto: str = "tcp"
-    host_addr: IPv4Address | None = None
+    proto: str
+    host_addr: IPv4Address | None
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        host_port: int,
+        guest_ip: IPv4Address,
+        guest_port: int,
+        proto: str = "tcp",
+        host_addr: IPv4Address | None = None,
+    ) -> None:
+        self._init(host_port, guest_ip, guest_port, proto, host_addr)
         for what, port in (("host port", self.host_port), ("guest port", self.guest_port)):
             if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
                 raise ValidationError(f"invalid {what} {port!r}: expected 1-65535")
@@ -101,16 +112,23 @@ class PortForward:
         return f"{host}:{self.host_port}/{self.proto} -> {self.guest_ip}:{self.guest_port}"
 
 
-@dataclass(frozen=True)
-class FirewallSpec:
+class FirewallSpec(Value):
     """Everything the ``vmm`` table is rendered from."""
 
+    __slots__ = ("bridge", "subnet", "uplink", "forwards")
     bridge: str
     subnet: IPv4Network
-    uplink: str | None = None
-    forwards: tuple[PortForward, ...] = ()
+    uplink: str | None
+    forwards: tuple[PortForward, ...]
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        bridge: str,
+        subnet: IPv4Network,
+        uplink: str | None = None,
+        forwards: tuple[PortForward, ...] = (),
+    ) -> None:
+        self._init(bridge, subnet, uplink, forwards)
         validate_ifname(self.bridge, "bridge")
         if not isinstance(self.subnet, IPv4Network):
             raise ValidationError(f"invalid subnet {self.subnet!r}: expected an IPv4 network")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
-from typing import TYPE_CHECKING
 
 from vmm.errors import ConflictError, ValidationError
 
+TYPE_CHECKING = False  # without importing typing (vmm.record explains)
 if TYPE_CHECKING:
     from vmm.network.iproute import Route
 

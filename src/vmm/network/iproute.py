@@ -1,31 +1,84 @@
 """Parsers for ``ip -j`` (iproute2 JSON) output: links, routes, addresses. Pure functions.
 
-Only the fields vmm needs are decoded, into frozen dataclasses; unknown fields are ignored
+Only the fields vmm needs are decoded, into frozen values; unknown fields are ignored
 (iproute2 adds fields between versions), malformed output is a ``VmmError`` naming the command.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
 
 from vmm.errors import VmmError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass(frozen=True)
-class Link:
+
+class Value:
+    """Base of vmm.network's frozen value classes, in place of frozen dataclasses (importing
+    ``dataclasses`` and building each class costs every ``vmm start`` milliseconds): equality,
+    hash, repr and pickling from ``__slots__`` (the fields, in ``__init__``'s order), set once
+    in ``__init__`` through ``_init``; assigning or deleting a field afterwards raises."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def _init(self, *values: object) -> None:
+        for name, value in zip(self.__slots__, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Value)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={v!r}" for n, v in zip(self.__slots__, self._values(), strict=True))
+        return f"{type(self).__name__}({inner})"
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        return type(self), self._values()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r} ({type(self).__name__} is frozen)")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r} ({type(self).__name__} is frozen)")
+
+
+class Link(Value):
     """One network device from ``ip -j -d link show``."""
 
+    __slots__ = ("name", "ifindex", "kind", "tun_type", "master", "flags", "operstate", "mac")
     name: str
     ifindex: int
-    kind: str | None = None  # linkinfo.info_kind: "bridge", "tun", "veth", ...; None for plain
-    tun_type: str | None = None  # "tap" or "tun" when kind == "tun"
-    master: str | None = None
-    flags: frozenset[str] = frozenset()
-    operstate: str = "UNKNOWN"
-    mac: str | None = None
+    kind: str | None  # linkinfo.info_kind: "bridge", "tun", "veth", ...; None for plain
+    tun_type: str | None  # "tap" or "tun" when kind == "tun"
+    master: str | None
+    flags: frozenset[str]
+    operstate: str
+    mac: str | None
+
+    def __init__(
+        self,
+        name: str,
+        ifindex: int,
+        kind: str | None = None,
+        tun_type: str | None = None,
+        master: str | None = None,
+        flags: frozenset[str] = frozenset(),
+        operstate: str = "UNKNOWN",
+        mac: str | None = None,
+    ) -> None:
+        self._init(name, ifindex, kind, tun_type, master, flags, operstate, mac)
 
     @property
     def is_up(self) -> bool:
@@ -41,14 +94,23 @@ class Link:
         return self.kind == "tun" and self.tun_type == "tap"
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(Value):
     """One IPv4 route from ``ip -j route show``; ``dst`` None is the default route."""
 
+    __slots__ = ("dst", "dev", "gateway", "type")
     dst: IPv4Network | None
-    dev: str | None = None
-    gateway: IPv4Address | None = None
-    type: str = "unicast"
+    dev: str | None
+    gateway: IPv4Address | None
+    type: str
+
+    def __init__(
+        self,
+        dst: IPv4Network | None,
+        dev: str | None = None,
+        gateway: IPv4Address | None = None,
+        type: str = "unicast",
+    ) -> None:
+        self._init(dst, dev, gateway, type)
 
     def __str__(self) -> str:
         text = "default" if self.dst is None else str(self.dst)

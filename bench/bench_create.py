@@ -51,7 +51,7 @@ def main() -> None:
 
         create, prep = [], []
         from vmm.config import load_config
-        from vmm.manager import Manager
+        from vmm.app import Vmm
 
         for i in range(args.runs):
             t0 = time.perf_counter()
@@ -59,10 +59,10 @@ def main() -> None:
                            env=env, check=True, capture_output=True)
             create.append(time.perf_counter() - t0)
             os.environ.update(VMM_DATA_DIR=env["VMM_DATA_DIR"], VMM_CONFIG=env["VMM_CONFIG"])
-            m = Manager(load_config())
+            m = Vmm(load_config())
             vm = m.get(f"b{i}")
             t0 = time.perf_counter()
-            m._prepare_rootfs(vm)  # what the first `vmm start` does before booting
+            m.disks.prepare(vm)  # what the first `vmm start` does before booting
             prep.append(time.perf_counter() - t0)
         fs = subprocess.run(["stat", "-f", "-c", "%T", tmp], capture_output=True, text=True).stdout.strip()
     print(f"machine: {machine()}; data dir filesystem: {fs}")

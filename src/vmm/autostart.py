@@ -1,6 +1,6 @@
 """Boot and shutdown of the host: ``vmm autostart`` / ``vmm autostop`` (run by vmm.service).
 
-``autostop`` stops every running VM in parallel, each through ``Manager.stop`` (graceful, then
+``autostop`` stops every running VM in parallel, each through ``VmService.stop`` (graceful, then
 SIGTERM, then SIGKILL), after writing the names of the VMs it found running to
 ``<data_dir>/autostart-running.json``. ``autostart`` then starts, by ``autostart_policy``:
 
@@ -29,7 +29,7 @@ from vmm.record import FrozenRecord
 from vmm.status import VMView, describe_stop
 
 if TYPE_CHECKING:
-    from vmm.manager import Manager
+    from vmm.app import Vmm as Manager
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def autostop(
     faults.point("autostop.recorded")
 
     def stop(name: str) -> Outcome:
-        how = manager.stop(name, timeout=timeout)
+        how = manager.vms.stop(name, timeout=timeout)
         if how == "not-running":
             return Outcome(name, "not-running", "it exited by itself")
         return Outcome(name, "stopped", describe_stop(how))
@@ -204,7 +204,7 @@ def autostart(
     def start(name: str) -> Outcome:
         if VMView.of(by_name[name]).alive:
             return Outcome(name, "already-running")
-        vm = manager.start(name)
+        vm = manager.vms.start(name)
         return Outcome(name, "started", f"{vm.engine} at {vm.ip}")
 
     outcomes = [Outcome(p.name, "failed", f"cannot read its record: {p.error}") for p in problems]

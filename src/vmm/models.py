@@ -111,7 +111,7 @@ class PortForward(Record):
     """A stored port forward: host [``host_addr``:]``host_port`` -> the VM's ``guest_port``.
 
     The guest address is not stored: it is the VM's own ``ip``. ``host_addr`` None means every
-    address of the host (including 127.0.0.1). Parsed and checked by ``vmm.portforward``.
+    address of the host (including 127.0.0.1). Parsed and checked by ``vmm.network.forwards``.
     """
 
     host_port: int

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from vmm.host.liveness import ProcessRef, is_alive
 from vmm.models import VM, VMState
 from vmm.record import Record
@@ -33,13 +35,38 @@ def process_ref(vm: VM) -> ProcessRef | None:
     return ProcessRef(vm.pid, vm.pid_start_time, vm.pid_boot_id)
 
 
-_STOPPED_BY = {
-    "acpi": "shut down by the ACPI power button",
-    "ctrl-alt-del": "shut down by Ctrl-Alt-Del",
-    "ssh-poweroff": "shut down by poweroff over SSH",
-    "ssh-reboot": "shut down by reboot over SSH",
-    "sigterm": "terminated (SIGTERM)",
-    "sigkill": "killed (SIGKILL)",
+class StopOutcome(StrEnum):
+    """Which of ``stop``'s escalating steps ended the VM."""
+
+    ACPI = "acpi"
+    CTRL_ALT_DEL = "ctrl-alt-del"
+    SSH_POWEROFF = "ssh-poweroff"
+    SSH_REBOOT = "ssh-reboot"
+    SIGTERM = "sigterm"
+    SIGKILL = "sigkill"
+    ALREADY_STOPPED = "already-stopped"  # it exited while stop was starting
+    NOT_RUNNING = "not-running"  # there was nothing to stop
+
+    @classmethod
+    def of(cls, how: str) -> StopOutcome:
+        """The outcome an engine reported (its step names are these values)."""
+        try:
+            return cls(how)
+        except ValueError:
+            raise ValueError(f"unknown stop outcome {how!r}") from None
+
+    def describe(self) -> str:
+        """What ``stop`` reports."""
+        return _STOPPED_BY.get(self, self.value)
+
+
+_STOPPED_BY: dict[str, str] = {  # StrEnum keys: a plain str finds them too
+    StopOutcome.ACPI: "shut down by the ACPI power button",
+    StopOutcome.CTRL_ALT_DEL: "shut down by Ctrl-Alt-Del",
+    StopOutcome.SSH_POWEROFF: "shut down by poweroff over SSH",
+    StopOutcome.SSH_REBOOT: "shut down by reboot over SSH",
+    StopOutcome.SIGTERM: "terminated (SIGTERM)",
+    StopOutcome.SIGKILL: "killed (SIGKILL)",
 }
 
 

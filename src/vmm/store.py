@@ -101,6 +101,20 @@ class RecordProblem(Record):
     error: str
 
 
+class Salvaged(FrozenRecord):
+    """What could be read from a record that does not decode (see ``Store.salvage``)."""
+
+    ip: str | None
+    id: str | None
+    tap: str | None
+    image_paths: tuple[str, ...]
+
+
+def _salvage_field(text: str, key: str, shape: str) -> str | None:
+    m = re.search(rf'"{key}"\s*:\s*"({shape})"', text)
+    return m.group(1) if m else None
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -237,6 +251,23 @@ class Store:
     def remove_record(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.record_path(name).unlink()
+
+    def salvage(self, name: str) -> Salvaged:
+        """What can still be read from VM ``name``'s record when it does not decode: its IP and
+        id (never to be given to another VM), its TAP (to delete or keep) and its mount images.
+        Each value only in the shape vmm writes it; nothing when the file cannot be read."""
+        try:
+            text = self.record_path(name).read_bytes().decode("utf-8", "replace")
+        except OSError:
+            return Salvaged(None, None, None, ())
+        vm_id = _salvage_field(text, "id", "[0-9a-z]{8}")
+        tap = _salvage_field(text, "tap", "vmm-[0-9a-z]{8}") or (f"vmm-{vm_id}" if vm_id else None)
+        return Salvaged(
+            ip=_salvage_field(text, "ip", r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}"),
+            id=vm_id,
+            tap=tap,
+            image_paths=tuple(re.findall(r'"image_path"\s*:\s*"([^"\\]+)"', text)),
+        )
 
     def names(self) -> list[str]:
         try:

@@ -19,15 +19,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from vmm import portforward
 from vmm.engines.firecracker.api import FirecrackerApi
 from vmm.engines.firecracker.engine import parse_version
 from vmm.engines.qemu.accel import parse_cpuinfo_tsc_khz
 from vmm.engines.qemu.qmp import QmpClient
 from vmm.errors import VmmError
-from vmm.host import liveness
-from vmm.network import coexist, firewall, iproute, report
+from vmm.host import listeners, liveness
+from vmm.network import coexist, firewall, iproute
 from vmm.runner import RecordingRunner, Result
+from vmm.services import netreport as report
 
 pytestmark = pytest.mark.unit
 
@@ -223,7 +223,7 @@ proc_cols = st.sampled_from([
     st.sampled_from(["tcp", "udp"]),
 )
 def test_parse_proc_net(body: str, proto: str) -> None:
-    for listener in portforward.parse_proc_net(PROC_HEADER + body, proto):
+    for listener in listeners.parse_proc_net(PROC_HEADER + body, proto):
         assert isinstance(listener.port, int) and listener.port > 0 and isinstance(listener.addr, str)
 
 

@@ -29,7 +29,7 @@ from vmm.models import (
     validate_name,
 )
 from vmm.network import ipam, links
-from vmm.portforward import find, parse_key, parse_spec
+from vmm.network.forwards import find, parse_key, parse_spec
 
 pytestmark = pytest.mark.unit
 

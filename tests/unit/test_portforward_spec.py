@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from vmm import portforward
 from vmm.errors import NotFoundError, RecordError, ValidationError
+from vmm.host.listeners import Listener, conflicting_listener, parse_proc_net
 from vmm.models import VM, PortForward
-from vmm.network import coexist
-from vmm.portforward import Listener, conflicting_listener, parse_key, parse_proc_net, parse_spec
+from vmm.network import coexist, forwards
+from vmm.network.forwards import parse_key, parse_spec
 from vmm.runner import RecordingRunner, Result
 
 pytestmark = pytest.mark.unit
@@ -70,12 +70,12 @@ def test_parse_key() -> None:
 
 def test_find_forward_by_key() -> None:
     fwds = [PF(8080, 80), PF(8080, 80, "udp"), PF(2222, 22, "tcp", "127.0.0.1")]
-    assert portforward.find(fwds, "8080/udp") is fwds[1]
-    assert portforward.find(fwds, "2222") is fwds[2]
+    assert forwards.find(fwds, "8080/udp") is fwds[1]
+    assert forwards.find(fwds, "2222") is fwds[2]
     with pytest.raises(ValidationError, match="names 2 forwards"):
-        portforward.find(fwds, "8080")
+        forwards.find(fwds, "8080")
     with pytest.raises(NotFoundError, match="no port forward 9999"):
-        portforward.find(fwds, "9999")
+        forwards.find(fwds, "9999")
 
 
 @pytest.mark.parametrize(
@@ -93,8 +93,8 @@ def test_find_forward_by_key() -> None:
     ],
 )
 def test_clashes(a: PortForward, b: PortForward, expected: bool) -> None:
-    assert portforward.clashes(a, b) is expected
-    assert portforward.clashes(b, a) is expected  # symmetric
+    assert forwards.clashes(a, b) is expected
+    assert forwards.clashes(b, a) is expected  # symmetric
 
 
 PROC_TCP = """\

@@ -1,4 +1,4 @@
-"""Shared by the command modules: root check, config/manager loading, rendering.
+"""Shared by the command modules: root check, config and services loading, rendering.
 
 Kept free of argparse and heavy imports: ``vmm list`` loads this module on its fast path."""
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any
 
+    from vmm.app import Vmm
     from vmm.config import Config
     from vmm.manager import Manager
 
@@ -42,7 +43,14 @@ def load_config() -> Config:
     return load()
 
 
-def manager() -> Manager:
+def app() -> Vmm:
+    """The composition root: every service, built from the config files."""
+    from vmm.app import Vmm
+
+    return Vmm(load_config())
+
+
+def manager() -> Manager:  # the old name, while command modules move over
     from vmm.manager import Manager
 
     return Manager(load_config())

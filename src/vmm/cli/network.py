@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from vmm.cli.common import help_of, manager, print_json, require_root, table
+from vmm.cli.common import app, help_of, print_json, require_root, table
 from vmm.errors import UsageError
 
 TYPE_CHECKING = False
@@ -59,15 +59,15 @@ def cmd_port_forward(args: argparse.Namespace) -> int:
         return _pf_list(words[0] if words else None, args.json)
     if args.json:
         raise _usage("--json goes with 'port-forward list'")
-    from vmm import portforward
+    from vmm.network import forwards
 
     if verb == "add":
         if len(words) != 2:
-            raise _usage(f"expected a VM name and {portforward.SYNTAX}, e.g. vmm port-forward dev 8080:80")
+            raise _usage(f"expected a VM name and {forwards.SYNTAX}, e.g. vmm port-forward dev 8080:80")
         name, spec = words
-        portforward.parse_spec(spec)  # bad input fails before root is asked for
+        forwards.parse_spec(spec)  # bad input fails before root is asked for
         require_root()
-        view = portforward.add(manager(), name, spec)
+        view = app().forwards.add(name, spec)
         where = f"{view.guest_ip}:{view.forward.guest_port}"
         host = view.forward.host_addr or "0.0.0.0"
         state = "active" if view.active else f"stored; applied when {name} starts"
@@ -76,17 +76,15 @@ def cmd_port_forward(args: argparse.Namespace) -> int:
     if len(words) != 2:
         raise _usage("expected a VM name and a host port, e.g. vmm port-forward remove dev 8080")
     name, key = words
-    portforward.parse_key(key)
+    forwards.parse_key(key)
     require_root()
-    view = portforward.remove(manager(), name, key)
+    view = app().forwards.remove(name, key)
     print(f"Removed port forward {view.forward.key} -> {name} port {view.forward.guest_port}")
     return 0
 
 
 def _pf_list(name: str | None, as_json: bool) -> int:
-    from vmm import portforward
-
-    views = portforward.list_forwards(manager(), name)
+    views = app().forwards.list(name)
     if as_json:
         print_json({"port_forwards": [v.to_json() for v in views]})
         return 0
@@ -122,10 +120,10 @@ def _add_network(sub: SubParsers) -> None:
 
 
 def cmd_network_show(args: argparse.Namespace) -> int:
-    from vmm.network import report
+    from vmm.services import netreport
 
-    m = manager()
-    info = report.network_info(m)
+    m = app()
+    info = netreport.network_info(m.network, m.forwards)
     if args.json:
         print_json(info)
         return 0
@@ -166,9 +164,9 @@ def cmd_network_show(args: argparse.Namespace) -> int:
 
 def cmd_network_prune(args: argparse.Namespace) -> int:
     require_root()
-    from vmm.network import report
+    from vmm.services import netreport
 
-    result = report.prune(manager())
+    result = netreport.prune(app().network)
     for tap in result["removed_taps"]:
         print(f"Removed TAP {tap}")
     rules = result["rules"]

@@ -6,8 +6,8 @@ import os
 import sys
 
 from vmm.cli.common import (
+    app,
     load_config,
-    manager,
     positive_int,
     print_json,
     require_root,
@@ -90,12 +90,18 @@ def _add_inspect(sub: SubParsers) -> None:
     ins.set_defaults(handler=cmd_inspect)
 
 
+def _has_accel(engine: str) -> bool:
+    """The engine emulates or uses KVM, as asked (``--accel``): worth showing which."""
+    from vmm.engines import registry
+
+    return engine in registry.names() and registry.info(engine).can(registry.TCG)
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     require_root()
-    from vmm.manager import CreateRequest
+    from vmm.services.create import CreateRequest
 
-    m = manager()
-    vm = m.create(
+    vm = app().vms.create(
         CreateRequest(
             name=args.name,
             cpus=args.cpus,
@@ -114,7 +120,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         ),
         note=lambda line: print(f"note: {line}", file=sys.stderr),
     )
-    engine = vm.engine + (f" (accel {vm.accel})" if vm.engine == "qemu" else "")
+    engine = vm.engine + (f" (accel {vm.accel})" if _has_accel(vm.engine) else "")
     print(f"Created VM {vm.name} (id {vm.id}, IP {vm.ip}, {vm.cpus} vCPU, {vm.memory_mb} MB, {engine})")
 
     if not vm.ssh_public_key:
@@ -125,14 +131,14 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     require_root()
-    m = manager()
-    vm = m.start(args.name)
-    accel = f", accel {vm.accel_in_use}" if vm.engine == "qemu" else ""
+    vms = app().vms
+    vm = vms.start(args.name)
+    accel = f", accel {vm.accel_in_use}" if _has_accel(vm.engine) else ""
     print(f"Started VM {vm.name} ({vm.engine}{accel}) at {vm.ip}", flush=True)
     if args.wait:
         print("Waiting for SSH ...", end=" ", flush=True)
         try:
-            waited = m.wait_ready(vm, timeout=args.timeout)
+            waited = vms.wait_ready(vm, timeout=args.timeout)
         except BaseException:
             print(flush=True)
             raise
@@ -142,19 +148,19 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     require_root()
-    how = manager().stop(args.name, timeout=args.timeout)
-    if how == "not-running":
+    from vmm.status import StopOutcome
+
+    how = app().vms.stop(args.name, timeout=args.timeout)
+    if how == StopOutcome.NOT_RUNNING:
         print(f"VM {args.name} is not running")
     else:
-        from vmm.status import describe_stop
-
-        print(f"Stopped VM {args.name}: {describe_stop(how)}")
+        print(f"Stopped VM {args.name}: {how.describe()}")
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     require_root()
-    manager().delete(args.name, force=args.force)
+    app().vms.delete(args.name, force=args.force)
     print(f"Deleted VM {args.name}")
     return 0
 
@@ -182,7 +188,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for v in shown:
             vm = v.vm
             engine = vm.engine
-            if vm.engine == "qemu":
+            if _has_accel(vm.engine):
                 engine += "/" + (vm.accel_in_use if v.alive and vm.accel_in_use else vm.accel)
             rows.append(
                 [vm.name, v.state, vm.ip, str(vm.cpus), f"{vm.memory_mb}M", f"{vm.disk_mb}M", engine, vm.image]
@@ -200,10 +206,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_ssh(args: argparse.Namespace) -> int:
     from vmm.host import ssh
+    from vmm.status import VMView
 
-    m = manager()
-    vm = m.get(args.name)
-    if not m.view(vm).alive:
+    vm = app().get(args.name)
+    if not VMView.of(vm).alive:
         raise ConflictError(f"VM {vm.name!r} is not running", hint=f"start it with 'vmm start {vm.name}'")
     command = list(args.command)
     if command and command[0] == "--":
@@ -229,7 +235,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    m = manager()
+    m = app()
     vm = m.get(args.name)
     view = m.view(vm)
     d = vm.to_dict()

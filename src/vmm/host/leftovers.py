@@ -32,7 +32,7 @@ from vmm.status import process_ref
 from vmm.store import scratch_owner
 
 if TYPE_CHECKING:
-    from vmm.manager import Manager
+    from vmm.app import Vmm as Manager
     from vmm.network.iproute import Link
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _network(m: Manager, present: list[Link]) -> list[Leftover]:
             out.append(Leftover("network", bridge, "vmm's bridge or firewall table, with no VM left"))
         return out
     if table:
-        want = {(f.proto, f.host_port) for f in m._firewall_spec().forwards}
+        want = {(f.proto, f.host_port) for f in m.network.firewall_spec().forwards}
         have = forwarded_ports(firewall.current(m.runner))
         if want != have:
             extra = sorted(have - want)
@@ -186,10 +186,10 @@ def fix(m: Manager, leftovers: list[Leftover]) -> list[str]:
                 links.delete_tap(m.runner, lo.item)
                 done.append(f"removed TAP {lo.item}")
             elif lo.kind == "network":
-                m._teardown_network_if_unused()
+                m.network.teardown_if_unused()
                 done.append("removed vmm's bridge and firewall table")
             elif lo.kind == "rules":
-                m.rebuild_network_rules()
+                m.network.rebuild_rules()
                 done.append("rebuilt the port-forward rules from the records")
         except (OSError, VmmError) as exc:
             done.append(f"could not fix {lo.item}: {exc}")

@@ -148,3 +148,15 @@ def power_argv(*, ip: str, key: Path, command: str, connect_timeout: int = 5) ->
         f"root@{ip}",
         command,
     ]  # fmt: skip
+
+
+def ssh_banner(ip: str, port: int = 22, timeout: float = 2.0) -> bool:
+    """True when something at ip:port answers with an SSH identification line."""
+    import socket
+
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False

@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import VmmEnv
 from tests.waiting import wait_until
 from vmm.errors import CommandError, ValidationError, VmmError
-from vmm.guest import debootstrap, sandbox
+from vmm.guest import debootstrap, nsinit, sandbox
 from vmm.runner import Runner
 
 pytestmark = pytest.mark.integration
@@ -321,7 +321,7 @@ def test_a_timed_out_command_leaves_no_process(tmp_path: Path, busybox: Path) ->
         with pytest.raises(CommandError, match="timed out: sh -c"):
             box.run(["sh", "-c", "/bin/busybox sleep 600 & /bin/busybox setsid /bin/busybox "
                      "sleep 600 & exec /bin/busybox sleep 600"], timeout=2)
-        assert sandbox.processes_in(box.base, sandbox.RANGE) == []
+        assert sandbox.processes_in(box.base, nsinit.RANGE) == []
         assert box.run(["sh", "-c", "/bin/busybox hostname"]).stdout == "vmm-sandbox\n"
 
 

@@ -1,5 +1,6 @@
-"""vmm.guest.sandbox without privileges: in-tree path resolution and edits that never follow a
-link out of the tree, the capability rewrite, the proxy's rules, the helper's command line."""
+"""The sandbox without privileges: in-tree path resolution and edits that never follow a link
+out of the tree (treefiles), the capability rewrite, the proxy's rules (aptproxy), the helper's
+command line."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vmm.errors import ValidationError, VmmError
-from vmm.guest import sandbox
+from vmm.guest import aptproxy, nsinit, sandbox, treefiles
 from vmm.runner import RecordingRunner, Result
 
 pytestmark = pytest.mark.unit
@@ -32,28 +33,28 @@ def test_resolve_keeps_links_inside(tree_and_host: tuple[Path, Path]) -> None:
     (tree / "lib").symlink_to("usr/lib")
     (tree / "abs").symlink_to(str(host))  # absolute: the tree's root, as in the guest
     (tree / "up").symlink_to("../../../../..")
-    assert sandbox.resolve(tree, "lib/x") == tree / "usr/lib/x"
-    assert sandbox.resolve(tree, "abs/victim") == tree / str(host).lstrip("/") / "victim"
-    assert sandbox.resolve(tree, "up") == tree
-    assert sandbox.resolve(tree, "up/etc") == tree / "etc"
-    assert sandbox.resolve(tree, "../../etc/../..") == tree
-    assert sandbox.resolve(tree, "abs", follow_last=False) == tree / "abs"
+    assert treefiles.resolve(tree, "lib/x") == tree / "usr/lib/x"
+    assert treefiles.resolve(tree, "abs/victim") == tree / str(host).lstrip("/") / "victim"
+    assert treefiles.resolve(tree, "up") == tree
+    assert treefiles.resolve(tree, "up/etc") == tree / "etc"
+    assert treefiles.resolve(tree, "../../etc/../..") == tree
+    assert treefiles.resolve(tree, "abs", follow_last=False) == tree / "abs"
 
 
 def test_resolve_refuses_loops(tree_and_host: tuple[Path, Path]) -> None:
     tree, _ = tree_and_host
     (tree / "etc/machine-id").symlink_to("/etc/machine-id")  # itself, seen from inside
     with pytest.raises(ValidationError, match="too many levels"):
-        sandbox.resolve(tree, "etc/machine-id")
-    assert not sandbox.exists(tree, "etc/machine-id")
+        treefiles.resolve(tree, "etc/machine-id")
+    assert not treefiles.exists(tree, "etc/machine-id")
 
 
 def test_write_replaces_a_link_and_never_writes_through_it(tree_and_host: tuple[Path, Path]) -> None:
     tree, host = tree_and_host
     (tree / "etc/machine-id").symlink_to(host / "victim")
     (tree / "etc/hosts").symlink_to("../../../host/victim")
-    sandbox.write_file(tree, "etc/machine-id", "")
-    sandbox.write_file(tree, "etc/hosts", "127.0.0.1 localhost\n", 0o600)
+    treefiles.write_file(tree, "etc/machine-id", "")
+    treefiles.write_file(tree, "etc/hosts", "127.0.0.1 localhost\n", 0o600)
     assert (host / "victim").read_text() == "host data\n"
     assert not (tree / "etc/machine-id").is_symlink()
     assert (tree / "etc/machine-id").read_text() == ""
@@ -63,7 +64,7 @@ def test_write_replaces_a_link_and_never_writes_through_it(tree_and_host: tuple[
 def test_write_into_a_linked_directory_stays_in_the_tree(tree_and_host: tuple[Path, Path]) -> None:
     tree, host = tree_and_host
     (tree / "etc/ssh").symlink_to(str(host))
-    sandbox.write_file(tree, "etc/ssh/victim", "tree\n")
+    treefiles.write_file(tree, "etc/ssh/victim", "tree\n")
     assert (host / "victim").read_text() == "host data\n"
     assert (tree / str(host).lstrip("/") / "victim").read_text() == "tree\n"
 
@@ -72,7 +73,7 @@ def test_write_does_not_write_through_a_hard_link(tree_and_host: tuple[Path, Pat
     tree, _ = tree_and_host
     (tree / "etc/passwd").write_text("root\n")
     os.link(tree / "etc/passwd", tree / "etc/hostname")
-    sandbox.write_file(tree, "etc/hostname", "vm\n")
+    treefiles.write_file(tree, "etc/hostname", "vm\n")
     assert (tree / "etc/passwd").read_text() == "root\n"
 
 
@@ -87,10 +88,10 @@ def test_remove_and_glob_never_follow(tree_and_host: tuple[Path, Path]) -> None:
     (tree / "var/lib/apt/lists").symlink_to(str(host))  # a glob-deleted dir that is a link
     (tree / "var/log").mkdir(parents=True)
     (tree / "var/log/dir.log").symlink_to(str(host))
-    sandbox.remove_glob(tree, "etc/ssh", "ssh_host_*")
-    sandbox.remove_glob(tree, "var/lib/apt/lists", "*")
-    sandbox.remove_glob(tree, "var/log", "*.log")
-    sandbox.remove(tree, "var/lib/apt/lists/victim")
+    treefiles.remove_glob(tree, "etc/ssh", "ssh_host_*")
+    treefiles.remove_glob(tree, "var/lib/apt/lists", "*")
+    treefiles.remove_glob(tree, "var/log", "*.log")
+    treefiles.remove(tree, "var/lib/apt/lists/victim")
     assert sorted(os.listdir(tree / "etc/ssh")) == ["ssh_config"]
     assert sorted(os.listdir(host)) == ["ssh_host_rsa_key", "victim"]
     assert (host / "victim").read_text() == "host data\n"
@@ -100,15 +101,15 @@ def test_remove_and_glob_never_follow(tree_and_host: tuple[Path, Path]) -> None:
 def test_make_dir_and_symlink(tree_and_host: tuple[Path, Path]) -> None:
     tree, host = tree_and_host
     (tree / "root").symlink_to(str(host))
-    made = sandbox.make_dir(tree, "root/.ssh", 0o700)
+    made = treefiles.make_dir(tree, "root/.ssh", 0o700)
     assert made == tree / str(host).lstrip("/") / ".ssh" and made.is_dir()
     assert not (host / ".ssh").exists()
     (tree / "etc/resolv.conf").symlink_to(host / "victim")
-    sandbox.symlink(tree, "etc/resolv.conf", "/proc/net/pnp")
+    treefiles.symlink(tree, "etc/resolv.conf", "/proc/net/pnp")
     assert os.readlink(tree / "etc/resolv.conf") == "/proc/net/pnp"
     (tree / "etc/file").write_text("")
     with pytest.raises(ValidationError, match="not a directory"):
-        sandbox.make_dir(tree, "etc/file/x")
+        treefiles.make_dir(tree, "etc/file/x")
 
 
 def test_os_release_is_read_inside(tree_and_host: tuple[Path, Path]) -> None:
@@ -143,26 +144,26 @@ def test_namespaced_capabilities_become_global() -> None:
     ("2a04:4e42::644", False),
 ])
 def test_proxy_refuses_the_host_and_link_local(address: str, refused: bool) -> None:
-    assert sandbox.forbidden(address) is refused
+    assert aptproxy.forbidden(address) is refused
 
 
 def test_proxy_requests() -> None:
     head = (b"GET http://deb.debian.org/debian/dists/bookworm/InRelease?x=1 HTTP/1.1\r\n"
             b"Host: deb.debian.org\r\nConnection: keep-alive\r\nProxy-Authorization: x\r\n"
             b"User-Agent: Debian APT-HTTP/1.3")
-    method, host, port, request = sandbox.parse_request(head)
+    method, host, port, request = aptproxy.parse_request(head)
     assert (method, host, port) == ("GET", "deb.debian.org", 80)
     assert request == (b"GET /debian/dists/bookworm/InRelease?x=1 HTTP/1.1\r\n"
                        b"Host: deb.debian.org\r\nUser-Agent: Debian APT-HTTP/1.3\r\n"
                        b"Connection: close\r\n\r\n")
-    assert sandbox.parse_request(b"CONNECT mirror.example:443 HTTP/1.1\r\nHost: x") == (
+    assert aptproxy.parse_request(b"CONNECT mirror.example:443 HTTP/1.1\r\nHost: x") == (
         "CONNECT", "mirror.example", 443, b"")
-    assert sandbox.parse_request(b"CONNECT [2001:db8::1]:8443 HTTP/1.1")[1:3] == ("2001:db8::1", 8443)
+    assert aptproxy.parse_request(b"CONNECT [2001:db8::1]:8443 HTTP/1.1")[1:3] == ("2001:db8::1", 8443)
     for bad, status in ((b"POST http://x/ HTTP/1.1", 405), (b"GET /local HTTP/1.1", 400),
                         (b"GET ftp://x/ HTTP/1.1", 400), (b"CONNECT x HTTP/1.1", 400),
                         (b"\xff\xfe", 400)):
-        with pytest.raises(sandbox.ProxyRefused) as exc:
-            sandbox.parse_request(bad)
+        with pytest.raises(aptproxy.ProxyRefused) as exc:
+            aptproxy.parse_request(bad)
         assert exc.value.status == status
 
 
@@ -171,7 +172,7 @@ def test_the_helper_is_vmms_code_isolated_from_the_tree(tmp_path: Path) -> None:
                           "http://127.0.0.1:1234/")
     argv = box.helper_argv(["apt-get", "update"], {"DEBIAN_FRONTEND": "noninteractive"})
     assert argv[:3] == [sys.executable, "-I", "-B"]  # no PYTHONPATH, no cwd (the tree)
-    assert Path(argv[5], "vmm/guest/sandbox.py").is_file()
+    assert Path(argv[5], "vmm/guest/nsinit.py").is_file()
     assert argv[argv.index("--") + 1:] == ["apt-get", "update"]
     assert "http_proxy=http://127.0.0.1:1234/" in argv and "--netns" in argv
     assert "Acquire::http::Proxy=http://127.0.0.1:1234/" in box.apt_options()
@@ -182,7 +183,7 @@ def test_run_names_the_program_and_reports_a_broken_sandbox(tmp_path: Path) -> N
     box = sandbox.Sandbox(runner, tmp_path, sandbox.FIRST_BASE)
     result = box.run(["dpkg-query", "-W"])
     assert result.argv == ["dpkg-query", "-W"]
-    failed = Result([], sandbox.HELPER_FAILED, "", f"{sandbox.MARK} unshare: Operation not permitted\n")
+    failed = Result([], nsinit.HELPER_FAILED, "", f"{nsinit.MARK} unshare: Operation not permitted\n")
     with pytest.raises(VmmError, match="cannot run usermod in a sandbox: unshare"):
         sandbox._check_helper(["usermod"], failed)
-    sandbox._check_helper(["x"], Result([], sandbox.HELPER_FAILED, "", "the program's own 125\n"))
+    sandbox._check_helper(["x"], Result([], nsinit.HELPER_FAILED, "", "the program's own 125\n"))

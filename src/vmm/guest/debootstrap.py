@@ -21,11 +21,12 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from vmm.errors import ValidationError, VmmError
-from vmm.guest import sandbox
+from vmm.errors import CommandError, ValidationError, VmmError
+from vmm.guest import sandbox, treefiles
+from vmm.guest.progress import Progress, quiet
 from vmm.runner import Runner
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -75,13 +76,6 @@ MASKED_UNITS = (
     "sys-kernel-debug.mount", "sys-kernel-tracing.mount", "dev-hugepages.mount",
 )
 
-Progress = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def check_inputs(suite: str, mirror: str, packages: Sequence[str]) -> None:
     if not SUITE_RE.fullmatch(suite):
         raise ValidationError(f"invalid suite {suite!r}", hint="e.g. bookworm, trixie, jammy")
@@ -99,44 +93,58 @@ def debootstrap(
     *,
     mirror: str = DEFAULT_MIRROR,
     packages: Sequence[str] = (),
-    progress: Progress = _stderr,
+    progress: Progress = quiet,
+    output: Progress | None = None,
 ) -> None:
-    """debootstrap --variant=minbase with the vmm package set (+ ``packages``) into ``root``."""
+    """debootstrap --variant=minbase with the vmm package set (+ ``packages``) into ``root``.
+
+    ``output`` gets debootstrap's own lines as they come (``I: Retrieving ...``)."""
     check_inputs(suite, mirror, packages)
     if runner.which("debootstrap") is None:
         raise VmmError("debootstrap is not installed", hint="apt-get install debootstrap")
     include = ",".join(dict.fromkeys([*PACKAGES, *packages]))
     argv = ["debootstrap", "--variant=minbase", f"--include={include}", suite, str(root), mirror]
     progress(f"debootstrap {suite} from {mirror} (about a minute)")
-    result = runner.run(argv, check=False, timeout=3600)
-    if result.returncode != 0:
-        out = (result.stdout + "\n" + result.stderr).splitlines()
-        errors = [ln.strip() for ln in out if ln.startswith("E:")]
-        line = errors[-1] if errors else next((ln for ln in reversed(out) if ln.strip()), "")
+    errors: list[str] = []
+    last = [""]
+
+    def on_line(line: str) -> None:
+        if line.startswith("E:"):
+            errors.append(line.strip())
+        if line.strip():
+            last[0] = line.strip()
+        if output is not None:
+            output(line)
+
+    try:
+        runner.stream(argv, on_line, timeout=3600)
+    except CommandError as exc:
+        if exc.returncode is None:  # timed out
+            raise
         raise VmmError(
-            f"debootstrap {suite} failed (exit {result.returncode}): {line}",
+            f"debootstrap {suite} failed (exit {exc.returncode}): {(errors or last)[-1]}",
             hint=f"check the suite name and the mirror ({mirror})",
-        )
+        ) from None
 
 
 def prepare_tree(runner: Runner, root: Path, *, hostname: str = HOSTNAME) -> str:
     """Make a debootstrapped tree a vmm guest; returns its package list (``name version``).
 
-    The host edits files (``vmm.guest.sandbox``'s helpers: links resolved inside the tree,
-    never followed out of it); the tree's own programs (usermod, systemctl, dpkg-query,
+    The host edits files (``vmm.guest.treefiles``: links resolved inside the tree, never
+    followed out of it); the tree's own programs (usermod, systemctl, dpkg-query,
     apt-get) run only in the sandbox."""
-    if not sandbox.exists(root, "usr/bin/systemctl") and not sandbox.exists(root, "bin/systemctl"):
+    if not any(treefiles.exists(root, p) for p in ("usr/bin/systemctl", "bin/systemctl")):
         raise ValidationError(f"{root} has no systemd (systemctl); cannot prepare it")
     _write_identity(root, hostname)
     _write_ssh(root)
     # A fresh machine-id per VM (systemd creates and commits it at boot).
-    sandbox.write_file(root, "etc/machine-id", "")
-    sandbox.remove(root, "var/lib/dbus/machine-id")
+    treefiles.write_file(root, "etc/machine-id", "")
+    treefiles.remove(root, "var/lib/dbus/machine-id")
     with sandbox.sandbox(runner, root) as box:
         packages = _configure_inside(box)
     for rel_dir, pattern in CLEANED:
-        sandbox.remove_glob(root, rel_dir, pattern)
-    sandbox.make_dir(root, "var/lib/apt/lists/partial")
+        treefiles.remove_glob(root, rel_dir, pattern)
+    treefiles.make_dir(root, "var/lib/apt/lists/partial")
     return packages
 
 
@@ -150,27 +158,27 @@ CLEANED = (
 
 def _write_identity(root: Path, hostname: str) -> None:
     """Hostname, hosts, fstab, locale, resolver: vmm sets hostname, keys and network per VM."""
-    sandbox.write_file(root, "etc/hostname", hostname + "\n")
-    sandbox.write_file(root, "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
-                       "::1\t\tlocalhost ip6-localhost ip6-loopback\n")
-    sandbox.write_file(root, "etc/fstab", "/dev/vda / ext4 defaults 0 1\n")
+    treefiles.write_file(root, "etc/hostname", hostname + "\n")
+    treefiles.write_file(root, "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
+                         "::1\t\tlocalhost ip6-localhost ip6-loopback\n")
+    treefiles.write_file(root, "etc/fstab", "/dev/vda / ext4 defaults 0 1\n")
     # minbase has no locales; C.UTF-8 is built into libc (and silences pam_env).
-    sandbox.write_file(root, "etc/default/locale", "LANG=C.UTF-8\n")
+    treefiles.write_file(root, "etc/default/locale", "LANG=C.UTF-8\n")
     # debootstrap copied the build host's resolver. DNS servers given with the kernel's ip=
     # land in /proc/net/pnp (resolv.conf syntax).
-    sandbox.symlink(root, "etc/resolv.conf", "/proc/net/pnp")
+    treefiles.symlink(root, "etc/resolv.conf", "/proc/net/pnp")
 
 
 def _write_ssh(root: Path) -> None:
     """sshd keys only; host keys made at first boot, never shared between VMs. Only ed25519,
     because RSA key generation takes seconds under TCG. root's keys are injected by vmm."""
-    ssh_dir = sandbox.make_dir(root, "root/.ssh", 0o700)
+    ssh_dir = treefiles.make_dir(root, "root/.ssh", 0o700)
     os.chown(ssh_dir, 0, 0, follow_symlinks=False)
     os.chmod(ssh_dir, 0o700)
-    sandbox.remove(root, "root/.ssh/authorized_keys")
-    sandbox.remove_glob(root, "etc/ssh", "ssh_host_*")
-    sandbox.write_file(root, "etc/ssh/sshd_config.d/00-vmm.conf", SSHD_CONFIG)
-    sandbox.write_file(root, "etc/systemd/system/vmm-ssh-hostkeys.service", HOSTKEY_UNIT)
+    treefiles.remove(root, "root/.ssh/authorized_keys")
+    treefiles.remove_glob(root, "etc/ssh", "ssh_host_*")
+    treefiles.write_file(root, "etc/ssh/sshd_config.d/00-vmm.conf", SSHD_CONFIG)
+    treefiles.write_file(root, "etc/systemd/system/vmm-ssh-hostkeys.service", HOSTKEY_UNIT)
 
 
 def _configure_inside(box: sandbox.Sandbox) -> str:
@@ -223,35 +231,17 @@ def build_tree(
     *,
     mirror: str = DEFAULT_MIRROR,
     packages: Sequence[str] = (),
-    progress: Progress = _stderr,
+    progress: Progress = quiet,
+    output: Progress | None = None,
 ) -> str:
     """debootstrap + prepare; returns the package list."""
-    debootstrap(runner, suite, root, mirror=mirror, packages=packages, progress=progress)
+    debootstrap(runner, suite, root, mirror=mirror, packages=packages, progress=progress,
+                output=output)
     progress("preparing the tree for vmm (sshd, serial console, networkd, fstab)")
     return prepare_tree(runner, root)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python3 -m vmm.guest.debootstrap tree SUITE DIR [--mirror URL] [--packages-out FILE]``."""
-    import argparse
+if __name__ == "__main__":  # scripts/build-test-guest.sh; the printing is in vmm.guest.buildmain
+    from vmm.guest.buildmain import debootstrap_main
 
-    p = argparse.ArgumentParser(prog="python3 -m vmm.guest.debootstrap")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("tree", help="debootstrap SUITE into DIR and prepare it for vmm")
-    t.add_argument("suite")
-    t.add_argument("dir", type=Path)
-    t.add_argument("--mirror", default=DEFAULT_MIRROR)
-    t.add_argument("--packages-out", type=Path, help="write the package list here")
-    args = p.parse_args(argv)
-    try:
-        pkgs = build_tree(Runner(), args.suite, args.dir, mirror=args.mirror)
-    except VmmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.packages_out:
-        args.packages_out.write_text(pkgs)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(debootstrap_main())

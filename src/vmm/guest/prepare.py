@@ -25,14 +25,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-from collections.abc import Callable
 from pathlib import Path
 
 from vmm.errors import ValidationError, VmmError
-from vmm.guest import debootstrap, sandbox
+from vmm.guest import debootstrap, sandbox, treefiles
+from vmm.guest.progress import Progress, quiet
 from vmm.runner import Runner
 
-Progress = Callable[[str], None]
 DEBIAN_IDS = ("debian", "ubuntu")
 POLICY_RC_D = "#!/bin/sh\n# vmm: no services are started while packages are installed\nexit 101\n"
 POLICY = "usr/sbin/policy-rc.d"
@@ -46,7 +45,7 @@ def os_release(tree: Path) -> dict[str, str]:
     """
     for rel in ("etc/os-release", "usr/lib/os-release"):
         try:
-            path = sandbox.resolve(tree, rel)
+            path = treefiles.resolve(tree, rel)
         except ValidationError:
             continue
         if path.is_symlink() or not path.is_file():
@@ -117,12 +116,12 @@ def prepare_imported(
     tree: Path,
     *,
     packages: tuple[str, ...] = debootstrap.PACKAGES,
-    progress: Progress = debootstrap._stderr,
+    progress: Progress = quiet,
 ) -> None:
     """Install ``packages`` into the Debian/Ubuntu ``tree`` and prepare it as vmm images are."""
-    had_policy = os.path.lexists(sandbox.resolve(tree, POLICY, follow_last=False))
+    had_policy = os.path.lexists(treefiles.resolve(tree, POLICY, follow_last=False))
     if not had_policy:
-        sandbox.write_file(tree, POLICY, POLICY_RC_D, 0o755)
+        treefiles.write_file(tree, POLICY, POLICY_RC_D, 0o755)
     try:
         progress(f"installing {', '.join(packages)} into the imported tree with apt "
                  "(a minute or more)")
@@ -135,4 +134,4 @@ def prepare_imported(
     finally:
         if not had_policy:
             with contextlib.suppress(OSError, ValidationError):
-                sandbox.remove(tree, POLICY)
+                treefiles.remove(tree, POLICY)

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 
-from vmm.cli.common import help_of, load_config, manager, print_json, require_root
+from vmm.cli.common import app, help_of, load_config, print_json, require_root
 from vmm.errors import VmmError
 
 TYPE_CHECKING = False
@@ -186,7 +186,7 @@ def cmd_autostart(args: argparse.Namespace) -> int:
     require_root()
     from vmm import autostart
 
-    outcomes = autostart.autostart(manager(), on_done=_printer())
+    outcomes = autostart.autostart(app(), on_done=_printer())
     return _summary(outcomes, "start")
 
 
@@ -194,7 +194,7 @@ def cmd_autostop(args: argparse.Namespace) -> int:
     require_root()
     from vmm import autostart
 
-    outcomes = autostart.autostop(manager(), timeout=args.timeout, on_done=_printer())
+    outcomes = autostart.autostop(app(), timeout=args.timeout, on_done=_printer())
     return _summary(outcomes, "stop")
 
 
@@ -202,7 +202,7 @@ def cmd_autostart_flag(args: argparse.Namespace) -> int:
     require_root()
     from vmm import autostart
 
-    m = manager()
+    m = app()
     vm = autostart.set_flag(m, args.name, args.enabled)
     state = "will start" if vm.autostart else "will not start"
     print(f"VM {vm.name} {state} when the host boots")

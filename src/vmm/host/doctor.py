@@ -132,10 +132,10 @@ def _leftovers(cfg: Config) -> list[Leftover]:
     """What interrupted commands left (needs root to see everything; [] without a data dir)."""
     if not cfg.data_path.is_dir() or os.geteuid() != 0:
         return []
+    from vmm.app import Vmm
     from vmm.host import leftovers
-    from vmm.manager import Manager
 
-    return leftovers.find(Manager(cfg))
+    return leftovers.find(Vmm(cfg))
 
 
 def report(
@@ -156,8 +156,8 @@ def fix_all(cfg: Config, checks: list[Check], found: list[Leftover], probes: Pro
     """Remove what the checks found and what interrupted commands left; one line per thing."""
     fixed = fix(checks, probes.runner)
     if found:
+        from vmm.app import Vmm
         from vmm.host import leftovers
-        from vmm.manager import Manager
 
-        fixed += leftovers.fix(Manager(cfg), found)
+        fixed += leftovers.fix(Vmm(cfg), found)
     return fixed

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,10 +44,9 @@ def take_inventory(data_dir: Path, probes: Probes) -> Inventory:
     vms, problems = store.load_all()
     taps = {vm.tap for vm in vms if vm.tap}
     for p in problems:  # a corrupt record may still name its TAP: never call that one orphaned
-        with contextlib.suppress(OSError):
-            m = re.search(r'"tap"\s*:\s*"(vmm-[0-9a-z]{8})"', store.record_path(p.name).read_text())
-            if m:
-                taps.add(m.group(1))
+        tap = store.salvage(p.name).tap
+        if tap:
+            taps.add(tap)
     names = set(store.names())
     tmp_files: list[str] = []
     dirs: list[str] = []

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import VmmEnv, make_ext4, register_artifacts
 from vmm.errors import ConflictError, ValidationError
-from vmm.guest import ext4, mounts
+from vmm.guest import ext4, mountfs, mounts, mountsync
 from vmm.models import VM
 from vmm.runner import Runner
 from vmm.store import Store
@@ -61,15 +61,15 @@ def test_image_content_matches_the_host_tree(tmp_path: Path) -> None:
     host = tree(tmp_path / "host")
     m = mounts.parse_mount_spec(f"{host}:code")
     image = tmp_path / "m.ext4"
-    scan = mounts.build_image(RUNNER, m, image)
-    assert scan.digest == mounts.image_digest(RUNNER, image, tmp_path / "scratch")
+    scan = mountfs.build_image(RUNNER, m, image)
+    assert scan.digest == mountfs.image_digest(RUNNER, image, tmp_path / "scratch")
     label = subprocess.run(["e2label", str(image)], capture_output=True, text=True, check=True).stdout
     assert label.strip() == "vmm-code"
-    assert image.stat().st_size >= mounts.RW_HEADROOM  # rw: room for the guest's writes
+    assert image.stat().st_size >= mountfs.RW_HEADROOM  # rw: room for the guest's writes
     assert image.stat().st_blocks * 512 < 64 * 1024 * 1024  # ... which costs no disk (sparse)
     out = tmp_path / "out"
     out.mkdir()
-    mounts.rdump(RUNNER, image, out)
+    mountfs.rdump(RUNNER, image, out)
     assert (out / "link").readlink() == Path("src/pkg/mod.py")
     assert (out / "secret").stat().st_mode & 0o777 == 0o600
     assert (out / "empty").is_dir() and not (out / "lost+found").exists()
@@ -83,18 +83,18 @@ def test_ro_image_has_no_journal_and_fits_many_small_files(tmp_path: Path) -> No
         (d / f"f{i}").write_text(str(i))
     m = mounts.parse_mount_spec(f"{host}:many:ro")
     image = tmp_path / "ro.ext4"
-    scan = mounts.build_image(RUNNER, m, image)
+    scan = mountfs.build_image(RUNNER, m, image)
     assert scan.entries == 3030
     features = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True).stdout
     assert "has_journal" not in features
-    assert scan.digest == mounts.image_digest(RUNNER, image, tmp_path / "scratch")
+    assert scan.digest == mountfs.image_digest(RUNNER, image, tmp_path / "scratch")
 
 
 def test_start_rebuilds_unless_the_guest_changed_the_image(tmp_path: Path) -> None:
     store = Store(tmp_path / "data")
     host = tree(tmp_path / "host")
     vm = guest_mounts(store, host)
-    images = mounts.MountImages(store, RUNNER)
+    images = mountsync.MountImages(store, RUNNER)
     assert images.prepare(vm) == []
     m = vm.mounts[0]
     image = Path(m.image_path or "")
@@ -129,7 +129,7 @@ def test_ro_mounts_are_always_rebuilt(tmp_path: Path) -> None:
     store = Store(tmp_path / "data")
     host = tree(tmp_path / "host")
     vm = guest_mounts(store, host, read_only=True)
-    images = mounts.MountImages(store, RUNNER)
+    images = mountsync.MountImages(store, RUNNER)
     images.prepare(vm)
     (host / "run.sh").write_text("changed\n")
     assert images.prepare(vm) == []
@@ -140,7 +140,7 @@ def test_pull_into_host_dir_and_elsewhere(tmp_path: Path) -> None:
     store = Store(tmp_path / "data")
     host = tree(tmp_path / "host")
     vm = guest_mounts(store, host)
-    images = mounts.MountImages(store, RUNNER)
+    images = mountsync.MountImages(store, RUNNER)
     with pytest.raises(Exception, match="no image yet"):
         images.pull("vm1", "code")
     images.prepare(vm)
@@ -237,7 +237,7 @@ def test_missing_host_dir_at_start(tmp_path: Path) -> None:
     store = Store(tmp_path / "data")
     host = tree(tmp_path / "host")
     vm = guest_mounts(store, host)
-    images = mounts.MountImages(store, RUNNER)
+    images = mountsync.MountImages(store, RUNNER)
     images.prepare(vm)
     os.rename(host, tmp_path / "moved")
     notes = images.prepare(vm)

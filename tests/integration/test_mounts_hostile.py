@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import make_ext4
 from tests.integration.test_mounts import RUNNER, guest_mounts, guest_writes, tree
-from vmm.guest import ext4, mounts
+from vmm.guest import ext4, mounts, mountsync
 from vmm.store import Store
 
 pytestmark = pytest.mark.integration
@@ -19,7 +19,7 @@ def test_pull_with_spaces_in_the_paths(tmp_path: Path) -> None:
     store = Store(tmp_path / "vm data")
     host = tree(tmp_path / "host dir")
     vm = guest_mounts(store, host)
-    images = mounts.MountImages(store, RUNNER)
+    images = mountsync.MountImages(store, RUNNER)
     images.prepare(vm)
     store.save(vm)
     guest_writes(Path(vm.mounts[0].image_path or ""), "/from-guest.txt", b"hello\n")

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vmm.errors import ValidationError, VmmError
-from vmm.guest import bzimage, ext4, mounts
+from vmm.guest import bzimage, ext4, mountfs
 from vmm.guest.kernels import (
     EM_X86_64,
     XEN_ELFNOTE_PHYS32_ENTRY,
@@ -218,6 +218,6 @@ def test_superblocks(data: bytes, with_magic: bool) -> None:
         data = data[:1080] + b"\x53\xef" + data[1082:]
     path = _file(data, "disk.ext4")
     assert ext4.is_ext4(path) in (True, False)
-    for read in (ext4.superblock_state, ext4.needs_repair, mounts.superblock_stamp):
+    for read in (ext4.superblock_state, ext4.needs_repair, mountfs.superblock_stamp):
         with contextlib.suppress(VmmError):
             read(path)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from vmm.errors import ConflictError, RecordError, ValidationError
-from vmm.guest import mounts
+from vmm.guest import mountfs, mounts
 from vmm.models import VM, Mount
 
 pytestmark = pytest.mark.unit
@@ -104,38 +104,38 @@ def test_drives_are_read_only_for_ro_mounts() -> None:
 
 
 def test_image_size_and_mkfs_argv() -> None:
-    scan = mounts.TreeScan("x", 100 * mounts.MiB, 1000)
-    ro = mounts.image_size(scan, read_only=True)
-    rw = mounts.image_size(scan, read_only=False)
-    assert 110 * mounts.MiB < ro < 140 * mounts.MiB and ro % mounts.MiB == 0
-    assert rw >= ro + mounts.RW_HEADROOM
-    argv = mounts.mkfs_argv(Path("/i"), Path("/s"), label="vmm-a", read_only=True, inodes=5000)
+    scan = mountfs.TreeScan("x", 100 * mountfs.MiB, 1000)
+    ro = mountfs.image_size(scan, read_only=True)
+    rw = mountfs.image_size(scan, read_only=False)
+    assert 110 * mountfs.MiB < ro < 140 * mountfs.MiB and ro % mountfs.MiB == 0
+    assert rw >= ro + mountfs.RW_HEADROOM
+    argv = mountfs.mkfs_argv(Path("/i"), Path("/s"), label="vmm-a", read_only=True, inodes=5000)
     assert argv == ["mkfs.ext4", "-q", "-F", "-L", "vmm-a", "-N", "5000", "-d", "/s",
                     "-O", "^has_journal", "/i"]
-    assert "^has_journal" not in mounts.mkfs_argv(Path("/i"), Path("/s"), label="l", read_only=False, inodes=1)
+    assert "^has_journal" not in mountfs.mkfs_argv(Path("/i"), Path("/s"), label="l", read_only=False, inodes=1)
 
 
 def test_scan_tree_sees_content_modes_and_links_not_times(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     f = tmp_path / "d" / "f"
     f.write_text("a")
-    base = mounts.scan_tree(tmp_path).digest
+    base = mountfs.scan_tree(tmp_path).digest
     import os
 
     os.utime(f, (1, 1))
-    assert mounts.scan_tree(tmp_path).digest == base
+    assert mountfs.scan_tree(tmp_path).digest == base
     f.write_text("b")
-    assert mounts.scan_tree(tmp_path).digest != base
+    assert mountfs.scan_tree(tmp_path).digest != base
     f.write_text("a")
     f.chmod(0o600)
-    assert mounts.scan_tree(tmp_path).digest != base
+    assert mountfs.scan_tree(tmp_path).digest != base
     f.chmod(0o644)
-    assert mounts.scan_tree(tmp_path).digest == base
+    assert mountfs.scan_tree(tmp_path).digest == base
     (tmp_path / "l").symlink_to("d/f")
-    assert mounts.scan_tree(tmp_path).digest != base
+    assert mountfs.scan_tree(tmp_path).digest != base
     (tmp_path / "l").unlink()
     (tmp_path / "lost+found").mkdir()  # ext4's own directory is not content
-    assert mounts.scan_tree(tmp_path).digest == base
+    assert mountfs.scan_tree(tmp_path).digest == base
 
 
 def _record(mounts_raw: list[object]) -> dict[str, object]:

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     import argparse
 
     from vmm.cli.parser import SubParsers
-    from vmm.guest.mounts import MountImages
+    from vmm.guest.mountsync import MountImages
 
 DESCRIPTION = """\
 A mount (vmm create --mount /host/path:tag[:ro|rw]) is a copy of a host directory on an ext4
@@ -59,7 +59,7 @@ def _add_mount(sub: SubParsers) -> None:
 
 
 def _images() -> MountImages:
-    from vmm.guest.mounts import MountImages
+    from vmm.guest.mountsync import MountImages
     from vmm.runner import Runner
     from vmm.store import Store
 

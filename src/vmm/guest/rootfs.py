@@ -100,10 +100,10 @@ class RootDisks:
         """Build the mount images from the host directories (never over the guest's changes)."""
         if not vm.mounts:
             return
-        from vmm.guest import mounts as guest_mounts
+        from vmm.guest.mountsync import MountImages
 
         self.store.mounts_dir.mkdir(parents=True, exist_ok=True)
-        for note in guest_mounts.MountImages(self.store, self.runner).prepare(vm):
+        for note in MountImages(self.store, self.runner).prepare(vm):
             log.warning("note: %s", note)
         self.store.save(vm)
 

@@ -83,6 +83,13 @@ def validate_dns_servers(servers: list[str]) -> list[str]:
     return out
 
 
+def now() -> str:
+    """The time a record notes (created, started, stopped): UTC, to the second, ISO 8601."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 def new_vm_id() -> str:
     """8 hex characters from a UUID4: short enough for TAP names (``vmm-<id>``, 12 chars)."""
     import uuid

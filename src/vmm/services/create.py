@@ -14,6 +14,7 @@ from vmm.errors import ConflictError, ValidationError
 from vmm.models import (
     VM,
     new_vm_id,
+    now,
     validate_cpus,
     validate_disk,
     validate_dns_servers,
@@ -23,7 +24,7 @@ from vmm.models import (
 from vmm.record import Record
 
 if TYPE_CHECKING:
-    from vmm.services.vms import VmService
+    from vmm.services.vms import VmService  # the caller: create is its use case
 
 MiB = 1024 * 1024
 
@@ -142,8 +143,6 @@ def create(svc: VmService, req: CreateRequest, *, note: Callable[[str], None]) -
         vm_id = new_vm_id()
         while vm_id in used_ids:
             vm_id = new_vm_id()
-        from vmm.services.vms import now
-
         vm = VM(
             name=name,
             id=vm_id,

@@ -13,14 +13,13 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from vmm import faults
 from vmm.errors import ConflictError, EngineError, NotFoundError, VmmError
 from vmm.host.liveness import runs_with
 from vmm.host.process import GracefulStep, ProcessRef, is_alive, log_tail
-from vmm.models import VM, VMState, validate_name
+from vmm.models import VM, VMState, now, validate_name
 from vmm.status import StopOutcome, process_ref
 from vmm.store import PRIVATE_FILE, set_mode
 
@@ -41,10 +40,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 30.0
 DEFAULT_SSH_TIMEOUT = 180.0
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class VmService:

@@ -31,7 +31,7 @@ from tests.netns import (
 )
 from tests.waiting import wait_until
 from vmm.errors import ConflictError, NotFoundError
-from vmm.network import firewall, links, sysctl
+from vmm.network import coexist, firewall, links, sysctl
 from vmm.network.firewall import FirewallSpec, PortForward
 from vmm.network.iproute import Link
 from vmm.runner import Runner
@@ -46,7 +46,7 @@ SPEC = FirewallSpec(BRIDGE, NET)
 
 
 # The devices these tests create; none may ever show up in the main namespace.
-OUR_DEVICES = {BRIDGE, TAP, "vmm-br9", "vmmt-g0", "vmmt-g1", "uplink0", "wan0", "lan0", "lan1"}
+OUR_DEVICES = {BRIDGE, TAP, "vmm-abcd9999", "vmm-br9", "vmmt-g0", "vmmt-g1", "uplink0", "wan0", "lan0", "lan1"}
 
 
 def main_namespace_leaks() -> list[str]:
@@ -168,6 +168,26 @@ def test_ensure_tap_twice_recreates_it_enslaved_and_up(netns: NetNS) -> None:
     assert second is not None and second.is_tap and second.master == BRIDGE and second.is_up
     assert second.ifindex != first.ifindex, "the TAP was not recreated"
     assert [t.name for t in in_ns(netns, links.list_links, "vmm-") if t.is_tap] == [TAP]
+
+
+def _start_sequence(tap: str) -> list[list[str]]:
+    """A start's link steps as the start path runs them: the devices read once, passed along."""
+    runner = CountingRunner()
+    devices = links.ensure_bridge(runner, BRIDGE, GW, 16)
+    links.ensure_tap(runner, tap, BRIDGE, devices=devices)
+    return [c for c in runner.calls if c[:2] == ["ip", "-j"]]
+
+
+def test_bridge_and_tap_steps_share_one_read(netns: NetNS) -> None:
+    first = netns.call(_start_sequence, TAP)  # the bridge is made: read, check, change, read
+    read = ["ip", "-j", "-d", "addr", "show"]
+    assert first == [read, ["ip", "-j", "-4", "route", "show"], read]
+    again = netns.call(_start_sequence, "vmm-abcd9999")  # in place: one read for everything
+    assert again == [read]
+    netns.call(_start_sequence, TAP)  # a stale TAP the shared read found is recreated
+    taps = {t.name: t for t in in_ns(netns, links.list_links, "vmm-") if t.is_tap}
+    assert sorted(taps) == [TAP, "vmm-abcd9999"]
+    assert all(t.master == BRIDGE and t.is_up for t in taps.values())
 
 
 def _hold_tap_open_then_ensure(name: str, bridge: str) -> bool:
@@ -298,6 +318,50 @@ def test_firewall_never_touches_other_tables(netns: NetNS) -> None:
     in_ns(netns, firewall.apply, SPEC)
     in_ns(netns, firewall.remove)
     assert netns.run(["nft", "list", "tables"]).stdout.split() == ["table", "ip", "other"]
+
+
+DOCKERISH = """
+table ip filter {
+    chain DOCKER-USER {
+        return
+    }
+    chain FORWARD {
+        type filter hook forward priority 0; policy drop;
+        jump DOCKER-USER
+    }
+}
+"""
+
+
+def _coexist_round(bridge: str) -> tuple[coexist.ForwardStatus, list[list[str]]]:
+    runner = CountingRunner()
+    status = coexist.ensure_forward_allowed(runner, bridge)
+    return status, [c for c in runner.calls if c[:3] == ["nft", "-j", "list"]]
+
+
+def test_docker_user_accepts_from_chain_listings(netns: NetNS) -> None:
+    """Blockers and DOCKER-USER are found from ``nft -j list chains`` (not the whole ruleset),
+    vmm's accepts from that one chain's listing; without Docker a start lists once."""
+    status, reads = netns.call(_coexist_round, BRIDGE)
+    assert status == coexist.ForwardStatus() and reads == [["nft", "-j", "list", "chains"]]
+    netns.run(["nft", "-f", "-"], input=DOCKERISH)
+    status, _ = netns.call(_coexist_round, BRIDGE)
+    assert status.docker_user == "nft" and status.rules_present and not status.blocked
+    assert [str(b) for b in status.blockers] == [
+        "nft table ip filter, chain FORWARD (hook forward, policy drop)"
+    ]
+    status, reads = netns.call(_coexist_round, BRIDGE)  # in place: nothing added twice
+    assert status.rules_present and reads == [
+        ["nft", "-j", "list", "chains"],
+        ["nft", "-j", "list", "chain", "ip", "filter", "DOCKER-USER"],
+    ]
+    chain = netns.run(["nft", "list", "chain", "ip", "filter", "DOCKER-USER"]).stdout
+    assert chain.count('comment "vmm"') == 2 and f'iifname "{BRIDGE}" accept' in chain
+    assert in_ns(netns, coexist.remove_docker_user_rules, BRIDGE) == 2
+    chain = netns.run(["nft", "list", "chain", "ip", "filter", "DOCKER-USER"]).stdout
+    assert "vmm" not in chain and "return" in chain  # Docker's own rule stays
+    assert in_ns(netns, coexist.remove_docker_user_rules, BRIDGE) == 0
+    netns.run(["nft", "delete", "table", "ip", "filter"])
 
 
 def test_enable_ip_forward_is_per_namespace(netns: NetNS) -> None:

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import pytest
 
 from vmm.errors import CommandError, ConflictError, NotFoundError, ValidationError, VmmError
-from vmm.network import ipam, links
+from vmm.network import ipam, iproute, links
 from vmm.network.iproute import Link, Route, parse_addresses, parse_links, parse_routes
 from vmm.runner import RecordingRunner, Result
 
@@ -307,6 +307,16 @@ def test_parse_links_empty_and_broken() -> None:
         parse_links('{"ifname": "x"}')
 
 
+def test_parse_links_and_addresses_from_one_output() -> None:
+    both = json.dumps([*json.loads(LINKS_JSON)[:1], {**json.loads(LINKS_JSON)[1], **json.loads(ADDR_JSON)[0]}])
+    found, addresses = iproute.parse_links_and_addresses(both)
+    assert found == parse_links(both) and [lk.name for lk in found] == ["lo", "vmm-br0"]
+    assert addresses == parse_addresses(both) == {"lo": [], "vmm-br0": [IPv4Interface("172.16.0.1/16")]}
+    assert iproute.parse_links_and_addresses("") == ([], {})
+    with pytest.raises(VmmError, match="cannot parse the output of `ip -j addr show`"):
+        iproute.parse_links_and_addresses("{")
+
+
 def test_parse_routes() -> None:
     routes = parse_routes(ROUTES_JSON)
     assert routes[0] == Route(None, "uplink0", A("10.200.0.2"))
@@ -388,28 +398,60 @@ TAP = {
 }
 
 
+ADDR_SHOW = "ip -j -d addr show"  # links and addresses, one read (links.read_devices)
+BRIDGE_WITH_ADDRESS = {**BRIDGE, **json.loads(ADDR_JSON)[0], "flags": ["UP"]}
+
+
 def test_ensure_bridge_creates_with_fixed_mac() -> None:
-    runner = recorder(**{LINK_SHOW: "[]", "ip -j -4 route show": ROUTES_JSON})
-    links.ensure_bridge(runner, "vmm-br0", "172.16.0.1", 16)
-    assert runner.calls[3:] == [
+    runner = recorder(**{ADDR_SHOW: "[]", "ip -j -4 route show": ROUTES_JSON})
+    devices = links.ensure_bridge(runner, "vmm-br0", "172.16.0.1", 16)
+    assert runner.calls == [
+        ["ip", "-j", "-d", "addr", "show"],
+        ["ip", "-j", "-4", "route", "show"],
         ["ip", "link", "add", "name", "vmm-br0", "address", "06:00:ac:10:00:01", "type", "bridge"],
         ["ip", "addr", "add", "172.16.0.1/16", "dev", "vmm-br0"],
         ["ip", "link", "set", "dev", "vmm-br0", "up"],
+        ["ip", "-j", "-d", "addr", "show"],  # it changed the devices: what they are now
     ]
+    assert isinstance(devices, links.Devices)
 
 
 def test_ensure_bridge_is_a_no_op_when_in_place() -> None:
-    runner = recorder(**{LINK_SHOW: _links(BRIDGE), "ip -j -4 addr show": ADDR_JSON})
-    links.ensure_bridge(runner, "vmm-br0", A("172.16.0.1"), 16)
+    runner = recorder(**{ADDR_SHOW: _links(BRIDGE_WITH_ADDRESS)})
+    devices = links.ensure_bridge(runner, "vmm-br0", A("172.16.0.1"), 16)
+    assert runner.calls == [["ip", "-j", "-d", "addr", "show"]]
+    assert devices.get("vmm-br0") == Link("vmm-br0", 2, kind="bridge", flags=frozenset({"UP"}),
+                                          operstate="DOWN")
+    assert devices.addresses["vmm-br0"] == [IPv4Interface("172.16.0.1/16")]
+
+
+def test_ensure_bridge_and_tap_share_one_read() -> None:
+    """A start's steps pass the devices along: one ``ip`` read for the bridge and the TAP."""
+    runner = recorder(**{ADDR_SHOW: _links(BRIDGE_WITH_ADDRESS, TAP)})
+    devices = links.read_devices(runner)
+    assert links.ensure_bridge(runner, "vmm-br0", "172.16.0.1", 16, devices=devices) is devices
+    links.ensure_tap(runner, "vmm-abcd1234", "vmm-br0", devices=devices)
     assert runner.calls == [
-        ["ip", "-j", "-d", "link", "show"],
-        ["ip", "-j", "-4", "addr", "show"],
+        ["ip", "-j", "-d", "addr", "show"],
+        ["ip", "link", "del", "dev", "vmm-abcd1234"],  # the stale TAP the read found
+        ["ip", "tuntap", "add", "dev", "vmm-abcd1234", "mode", "tap"],
+        ["ip", "link", "set", "dev", "vmm-abcd1234", "master", "vmm-br0", "up"],
+    ]
+    assert devices.get("nope") is None and "vmm-abcd1234" in repr(devices)
+
+
+def test_ensure_bridge_brings_a_down_bridge_up_and_reads_again() -> None:
+    runner = recorder(**{ADDR_SHOW: _links({**BRIDGE_WITH_ADDRESS, "flags": []})})
+    links.ensure_bridge(runner, "vmm-br0", "172.16.0.1", 16)
+    assert runner.calls[1:] == [
+        ["ip", "link", "set", "dev", "vmm-br0", "up"],
+        ["ip", "-j", "-d", "addr", "show"],
     ]
 
 
 def test_ensure_bridge_refuses_overlapping_subnet() -> None:
     routes = '[{"dst":"172.16.0.0/12","dev":"eth0","flags":[]}]'
-    runner = recorder(**{LINK_SHOW: "[]", "ip -j -4 route show": routes})
+    runner = recorder(**{ADDR_SHOW: "[]", "ip -j -4 route show": routes})
     with pytest.raises(ConflictError, match="overlaps the host route 172.16.0.0/12 dev eth0"):
         links.ensure_bridge(runner, "vmm-br0", "172.16.0.1", 16)
     assert not any(c[:3] == ["ip", "link", "add"] for c in runner.calls)
@@ -417,22 +459,22 @@ def test_ensure_bridge_refuses_overlapping_subnet() -> None:
 
 def test_ensure_bridge_refuses_an_address_on_a_down_device() -> None:
     addrs = (
-        '[{"ifname":"wg0","flags":["POINTOPOINT"],"addr_info":[{"family":"inet",'
+        '[{"ifindex":7,"ifname":"wg0","flags":["POINTOPOINT"],"addr_info":[{"family":"inet",'
         '"local":"172.16.200.1","prefixlen":24}]}]'
     )
-    runner = recorder(**{LINK_SHOW: "[]", "ip -j -4 addr show": addrs})
+    runner = recorder(**{ADDR_SHOW: addrs})
     with pytest.raises(ConflictError, match="overlaps the address 172.16.200.1/24 of wg0"):
         links.ensure_bridge(runner, "vmm-br0", "172.16.0.1", 16)
 
 
 def test_ensure_bridge_refuses_changed_address() -> None:
-    runner = recorder(**{LINK_SHOW: _links(BRIDGE), "ip -j -4 addr show": ADDR_JSON})
+    runner = recorder(**{ADDR_SHOW: _links(BRIDGE_WITH_ADDRESS)})
     with pytest.raises(ConflictError, match="has the address 172.16.0.1/16, not 10.5.0.1/24"):
         links.ensure_bridge(runner, "vmm-br0", "10.5.0.1", 24)
 
 
 def test_ensure_bridge_refuses_a_non_bridge() -> None:
-    runner = recorder(**{LINK_SHOW: _links({**TAP, "ifname": "vmm-br0"})})
+    runner = recorder(**{ADDR_SHOW: _links({**TAP, "ifname": "vmm-br0"})})
     with pytest.raises(ConflictError, match="not a bridge"):
         links.ensure_bridge(runner, "vmm-br0", "172.16.0.1", 16)
 

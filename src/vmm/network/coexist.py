@@ -76,12 +76,25 @@ class ForwardStatus(Value):
 # -- nft ---------------------------------------------------------------------------------------
 
 
-def _nft_ruleset(runner: Runner) -> list[dict[str, Any]]:
-    result = runner.run(["nft", "-j", "list", "ruleset"], check=False)
-    if result.returncode != 0 or not result.stdout.strip():
+def _nft_list(runner: Runner, *what: str) -> list[dict[str, Any]]:
+    """``nft -j list <what>``: ``chains`` (every chain, without rules: cheaper than the whole
+    ruleset, and all the blocker and DOCKER-USER checks need), or one ``chain`` with its rules."""
+    result = runner.run(["nft", "-j", "list", *what], check=False)
+    return parse_ruleset(result.stdout) if result.returncode == 0 else []
+
+
+def _nft_docker_user_rules(runner: Runner, family: str, table: str) -> list[dict[str, Any]]:
+    return _nft_list(runner, "chain", family, table, DOCKER_USER)
+
+
+def parse_ruleset(text: str) -> list[dict[str, Any]]:
+    """The objects of ``nft -j list ruleset|chains|chain ...`` output. Pure; output
+    that is not what nft writes counts as an empty ruleset (vmm only explains or adds accepts
+    from what it finds here, so finding nothing is the safe reading)."""
+    if not text.strip():
         return []
     try:
-        data = json.loads(result.stdout)
+        data = json.loads(text)
     except (ValueError, RecursionError):  # not JSON, too deep, or an int past 4300 digits
         return []
     items = data.get("nftables", []) if isinstance(data, dict) else []
@@ -103,7 +116,8 @@ def parse_nft_blockers(items: list[dict[str, Any]]) -> list[ForwardBlocker]:
     return found
 
 
-def _nft_docker_user(items: list[dict[str, Any]]) -> tuple[str, str] | None:
+def nft_docker_user(items: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """``(family, table)`` of Docker's DOCKER-USER chain in the nft ruleset, or None. Pure."""
     for item in items:
         chain = item.get("chain")
         if (
@@ -116,7 +130,8 @@ def _nft_docker_user(items: list[dict[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
-def _nft_our_handles(items: list[dict[str, Any]], family: str, table: str) -> list[int]:
+def nft_our_handles(items: list[dict[str, Any]], family: str, table: str) -> list[int]:
+    """The handles of vmm's rules (comment ``vmm``) in that DOCKER-USER chain. Pure."""
     handles = []
     for item in items:
         rule = item.get("rule")
@@ -151,9 +166,12 @@ def _iptables_blocker(runner: Runner, binary: str) -> ForwardBlocker | None:
 # -- the use cases -----------------------------------------------------------------------------
 
 
-def find_forward_blockers(runner: Runner) -> list[ForwardBlocker]:
-    """Forward chains of other tools that drop by default (nft and, if installed, iptables)."""
-    found = parse_nft_blockers(_nft_ruleset(runner))
+def find_forward_blockers(
+    runner: Runner, items: list[dict[str, Any]] | None = None
+) -> list[ForwardBlocker]:
+    """Forward chains of other tools that drop by default (nft and, if installed, iptables);
+    ``items``: nft's chains (or whole ruleset) when the caller has read them already."""
+    found = parse_nft_blockers(_nft_list(runner, "chains") if items is None else items)
     binary = _iptables(runner)
     if binary:
         blocker = _iptables_blocker(runner, binary)
@@ -166,8 +184,8 @@ def find_forward_blockers(runner: Runner) -> list[ForwardBlocker]:
 def forward_status(runner: Runner, bridge: str) -> ForwardStatus:
     """Read-only: blockers, whether DOCKER-USER exists and holds vmm's accepts."""
     validate_ifname(bridge, "bridge")
-    items = _nft_ruleset(runner)
-    blockers = find_forward_blockers(runner)
+    chains = _nft_list(runner, "chains")
+    blockers = find_forward_blockers(runner, chains)
     binary = _iptables(runner)
     if binary and runner.run([binary, "-w", "-S", DOCKER_USER], check=False).returncode == 0:
         present = all(
@@ -175,9 +193,9 @@ def forward_status(runner: Runner, bridge: str) -> ForwardStatus:
             for d in ("-i", "-o")
         )
         return ForwardStatus(tuple(blockers), "iptables", present)
-    where = _nft_docker_user(items)
+    where = nft_docker_user(chains)
     if where:
-        present = len(_nft_our_handles(items, *where)) >= 2
+        present = len(nft_our_handles(_nft_docker_user_rules(runner, *where), *where)) >= 2
         return ForwardStatus(tuple(blockers), "nft", present)
     return ForwardStatus(tuple(blockers))
 
@@ -198,7 +216,7 @@ def ensure_forward_allowed(runner: Runner, bridge: str) -> ForwardStatus:
         for d in ("-o", "-i"):
             runner.run([binary, "-w", "-I", DOCKER_USER, *_iptables_rule(br, d)])
     else:
-        where = _nft_docker_user(_nft_ruleset(runner))
+        where = nft_docker_user(_nft_list(runner, "chains"))
         assert where is not None
         for d in ("oifname", "iifname"):
             runner.run(["nft", "insert", "rule", *where, DOCKER_USER, d, f'"{br}"', "accept", "comment", f'"{COMMENT}"'])
@@ -215,10 +233,9 @@ def remove_docker_user_rules(runner: Runner, bridge: str) -> int:
             while runner.run([binary, "-w", "-D", DOCKER_USER, *_iptables_rule(br, d)], check=False).returncode == 0:
                 removed += 1
         return removed
-    items = _nft_ruleset(runner)
-    where = _nft_docker_user(items)
+    where = nft_docker_user(_nft_list(runner, "chains"))
     if where:
-        for handle in _nft_our_handles(items, *where):
+        for handle in nft_our_handles(_nft_docker_user_rules(runner, *where), *where):
             runner.run(["nft", "delete", "rule", *where, DOCKER_USER, "handle", str(handle)], check=False)
             removed += 1
     return removed

@@ -145,8 +145,19 @@ def _list(value: Any) -> list[Any]:
 
 def parse_links(text: str) -> list[Link]:
     """Links from ``ip -j [-d] link show`` (``-d`` adds the kind, needed to tell TAPs apart)."""
+    return _links_from(_load(text, "ip -j link show"))
+
+
+def parse_links_and_addresses(text: str) -> tuple[list[Link], dict[str, list[IPv4Interface]]]:
+    """Both from one ``ip -j -d addr show`` (which carries each link's details too): what
+    ``parse_links`` and ``parse_addresses`` return, for one command and one JSON decoding."""
+    items = _load(text, "ip -j addr show")
+    return _links_from(items), _addresses_from(items)
+
+
+def _links_from(items: list[dict[str, Any]]) -> list[Link]:
     links = []
-    for item in _load(text, "ip -j link show"):
+    for item in items:
         try:
             name = str(item["ifname"])
             ifindex = int(item["ifindex"])
@@ -204,8 +215,12 @@ def parse_routes(text: str) -> list[Route]:
 
 def parse_addresses(text: str) -> dict[str, list[IPv4Interface]]:
     """IPv4 addresses per device from ``ip -j addr show``: ``{"vmm-br0": [172.16.0.1/16]}``."""
+    return _addresses_from(_load(text, "ip -j addr show"))
+
+
+def _addresses_from(items: list[dict[str, Any]]) -> dict[str, list[IPv4Interface]]:
     result: dict[str, list[IPv4Interface]] = {}
-    for item in _load(text, "ip -j addr show"):
+    for item in items:
         name = str(item.get("ifname", ""))
         addrs = result.setdefault(name, [])
         for info in _list(item.get("addr_info")):

@@ -20,7 +20,14 @@ from vmm.network.ipam import (
     parse_address,
     validate_network,
 )
-from vmm.network.iproute import Link, Route, parse_addresses, parse_links, parse_routes
+from vmm.network.iproute import (
+    Link,
+    Route,
+    parse_addresses,
+    parse_links,
+    parse_links_and_addresses,
+    parse_routes,
+)
 from vmm.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,36 @@ def tap_name(vm_id: str) -> str:
 # -- reading -------------------------------------------------------------------------------------
 
 
+class Devices:
+    """The host's network devices and their IPv4 addresses, read once (``read_devices``: one
+    ``ip -j -d addr show``), for the steps of one global-lock section to share instead of each
+    running ``ip`` again: pass it as ``devices=`` to ``ensure_bridge`` and ``ensure_tap``.
+
+    A snapshot: valid while the caller holds the global lock and changes devices only through
+    this module. ``ensure_bridge`` returns the one to go on with (a fresh read when it changed
+    the bridge); after ``ensure_tap`` or a deletion, read again."""
+
+    __slots__ = ("links", "addresses", "_by_name")
+
+    def __init__(self, links: list[Link], addresses: dict[str, list[IPv4Interface]]) -> None:
+        self.links = links
+        self.addresses = addresses  # IPv4 only, by device name
+        self._by_name = {link.name: link for link in links}
+
+    def get(self, name: str) -> Link | None:
+        """The device called ``name``, or None."""
+        return self._by_name.get(name)
+
+    def __repr__(self) -> str:
+        return f"Devices({[link.name for link in self.links]!r})"
+
+
+def read_devices(runner: Runner) -> Devices:
+    """Every device with its kind and master, and every IPv4 address: one ``ip`` run."""
+    return Devices(*parse_links_and_addresses(runner.run(["ip", "-j", "-d", "addr", "show"]).stdout))
+
+
+
 def list_links(runner: Runner, prefix: str = "") -> list[Link]:
     """Devices whose name starts with ``prefix`` (all by default), with their kind and master."""
     out = runner.run(["ip", "-j", "-d", "link", "show"]).stdout
@@ -92,8 +129,18 @@ def list_addresses(runner: Runner) -> dict[str, list[IPv4Interface]]:
 # -- the bridge ----------------------------------------------------------------------------------
 
 
-def ensure_bridge(runner: Runner, name: str, gateway: IPv4Address | str, prefixlen: int) -> None:
+def ensure_bridge(
+    runner: Runner,
+    name: str,
+    gateway: IPv4Address | str,
+    prefixlen: int,
+    *,
+    devices: Devices | None = None,
+) -> Devices:
     """Make bridge ``name`` exist, carry ``gateway/prefixlen`` and be up. Idempotent.
+
+    Looks at ``devices`` (read here when not given) and returns the devices as they are
+    afterwards: the same object when the bridge was already in place, else a fresh read.
 
     Before the address (and so the subnet's route) is added, the subnet is checked against the
     host's routes and the addresses of other devices (a device that is down has no route yet):
@@ -107,15 +154,19 @@ def ensure_bridge(runner: Runner, name: str, gateway: IPv4Address | str, prefixl
     iface = IPv4Interface(f"{gw}/{prefixlen}")
     validate_network(iface.network, gw)
 
-    link = get_link(runner, name)
+    if devices is None:
+        devices = read_devices(runner)
+    link = devices.get(name)
     if link is not None and not link.is_bridge:
         raise ConflictError(
             f"{name} exists but is not a bridge ({link.kind or 'plain device'})",
             hint=f"remove it (ip link del {name}) or configure another bridge_name",
         )
-    all_addresses = list_addresses(runner)
+    all_addresses = devices.addresses
     addresses = all_addresses.get(name, []) if link is not None else []
+    changed = False
     if iface not in addresses:
+        changed = True
         if addresses:
             found = ", ".join(str(a) for a in addresses)
             raise ConflictError(
@@ -131,7 +182,9 @@ def ensure_bridge(runner: Runner, name: str, gateway: IPv4Address | str, prefixl
         log.info("adding %s to bridge %s", iface, name)
         runner.run(["ip", "addr", "add", str(iface), "dev", name])
     if link is None or not link.is_up:
+        changed = True
         runner.run(["ip", "link", "set", "dev", name, "up"])
+    return read_devices(runner) if changed else devices
 
 
 def _refuse_overlaps(
@@ -181,6 +234,7 @@ def ensure_tap(
     user: int | None = None,
     group: int | None = None,
     hairpin: bool = False,
+    devices: Devices | None = None,
 ) -> None:
     """(Re)create TAP ``name``, attach it to ``bridge`` and bring it up.
 
@@ -190,11 +244,12 @@ def ensure_tap(
     ``hairpin`` lets frames leave by the port they came in on: without it a guest cannot
     reach its own port forward through the host's address (the DNAT'd packet has to go back
     to the same TAP). Off by default: the guest then also sees its own broadcasts, which
-    upsets IPv6 duplicate address detection.
+    upsets IPv6 duplicate address detection. ``devices``: see ``Devices`` (listed here when
+    not given).
     """
     validate_tap_name(name)
     validate_ifname(bridge, "bridge")
-    links = {link.name: link for link in list_links(runner)}
+    links = {link.name: link for link in (devices.links if devices is not None else list_links(runner))}
     br = links.get(bridge)
     if br is None or not br.is_bridge:
         raise NotFoundError(

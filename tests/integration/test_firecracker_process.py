@@ -30,6 +30,7 @@ import fc_spec  # noqa: E402
 
 from vmm.engines.base import BootSpec, Drive, Nic, RunPaths  # noqa: E402
 from vmm.engines.firecracker import FirecrackerEngine  # noqa: E402
+from vmm.engines.managed import LaunchError  # noqa: E402
 from vmm.errors import ApiError, ConflictError, EngineError, ValidationError, VmmError  # noqa: E402
 from vmm.host.process import ProcessRef, is_alive  # noqa: E402
 
@@ -197,6 +198,20 @@ def test_launch_configures_boots_and_stops_gracefully(env: Env) -> None:
     assert env.requests()[-1]["body"] == {"action_type": "SendCtrlAltDel"}
 
 
+def test_another_engine_object_stops_reaps_and_reports_state(env: Env) -> None:
+    # The registry builds an engine per call, a server may keep one for ever: the process
+    # must be stopped and reaped whichever object launched it.
+    spec = make_spec(env.dir)
+    ref = env.engine().launch(spec)
+    other = env.engine()
+    assert other.live_state(spec.paths) == "Running"
+    assert other.stop(ref, spec.paths, timeout=5.0).how == "ctrl-alt-del"
+    assert not Path(f"/proc/{ref.pid}").exists()  # reaped: no zombie left in this process
+    assert other.live_state(spec.paths) is None
+    assert other.sockets(spec.paths) == (spec.paths.api_socket,)
+    assert other.console_socket(spec.paths) is None
+
+
 def test_minimal_spec_without_initrd_or_nics(env: Env) -> None:
     spec = make_spec(
         env.dir,
@@ -336,7 +351,26 @@ def test_crash_at_startup_reports_exit_code_and_log_tail(
     assert err.details is not None
     assert "Error creating the Kvm object" in err.details
     assert "exit_code=1" in err.details
+    assert isinstance(err, LaunchError)
+    assert err.returncode == 1
+    assert err.argv == [
+        str(env.binary), "--api-sock", str(spec.paths.api_socket), "--id", spec.vm_id
+    ]  # fmt: skip
+    assert "Error creating the Kvm object" in err.log_tail
     assert_nothing_left(env, spec)
+
+
+def test_startup_error_shows_only_this_runs_console(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec(env.dir)
+    spec.paths.vm_dir.mkdir()
+    spec.paths.console_log.write_text("Failed to open the API socket (an earlier run)\n")
+    monkeypatch.setenv("FAKE_FC_CRASH_AT_STARTUP", "1")
+    with pytest.raises(LaunchError) as info:
+        env.engine().launch(spec)
+    assert "an earlier run" not in info.value.log_tail
+    assert info.value.hint == f"see {spec.paths.console_log}"  # not "another process holds"
 
 
 def test_invalid_instance_id_never_reaches_firecracker(env: Env) -> None:
@@ -358,9 +392,10 @@ def test_startup_timeout_kills_the_process(env: Env, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("FAKE_FC_STARTUP_DELAY", "30")
     spec = make_spec(env.dir)
     started = time.monotonic()
-    with pytest.raises(EngineError, match="did not answer on .* within 0.5s"):
+    with pytest.raises(LaunchError, match="did not answer on .* within 0.5s") as info:
         env.engine(socket_timeout=0.5).launch(spec)
     assert time.monotonic() - started < 5.0
+    assert info.value.returncode is None  # it was running: killed since
     assert_nothing_left(env, spec)
 
 

@@ -31,6 +31,7 @@ import pytest
 
 import vmm
 from vmm.engines.base import BootSpec, Drive, Nic, RunPaths
+from vmm.engines.managed import LaunchError
 from vmm.engines.qemu.accel import resolve_accel
 from vmm.engines.qemu.engine import QemuEngine, tap_exists
 from vmm.engines.qemu.qmp import QmpClient
@@ -229,6 +230,7 @@ d = Path(sys.argv[1])
 paths = RunPaths(d, d / "console.log", d / "q.sock", d / "c.sock", d / "qemu.log")
 spec = BootSpec("t", "t", d / "kernel.elf", "console=ttyS0", 1, 64, paths)
 ref = QemuEngine().launch(spec)
+assert ref.boot_id, ref  # what launch returns is what the record keeps: the boot id too
 print(json.dumps([ref.pid, ref.start_time]))
 """
 
@@ -246,6 +248,7 @@ def test_stop_from_another_process_like_a_later_vmm_stop(vm_dir: Path) -> None:
     engine = QemuEngine()
     try:
         assert engine.status(ref, spec.paths) == "running"
+        assert engine.live_state(spec.paths) == "running"
         assert engine.stop(ref, spec.paths, timeout=0.5).how == "sigterm"
     finally:
         engine.kill(ref, spec.paths)
@@ -271,10 +274,10 @@ def test_stale_sockets_are_removed_before_launch(vm_dir: Path) -> None:
 
 def test_kill_after_sigkill_leaves_no_sockets(vm_dir: Path) -> None:
     spec = make_spec(vm_dir, dummy_pvh_kernel("kill me"))
-    engine = QemuEngine()
-    ref = engine.launch(spec)
-    engine.kill(ref, spec.paths)
+    ref = QemuEngine().launch(spec)
+    QemuEngine().kill(ref, spec.paths)  # engines are rebuilt per call: any object reaps
     assert not is_alive(ref)
+    assert not Path(f"/proc/{ref.pid}").exists()  # reaped: no zombie left in this process
     # SIGKILL gives QEMU no chance to unlink its sockets; kill() does it.
     assert sockets_gone(spec.paths)
 
@@ -314,6 +317,10 @@ def test_tap_qemu_cannot_open_fails_launch_with_qemus_message(vm_dir: Path) -> N
     with pytest.raises(EngineError) as err:
         QemuEngine().launch(spec)
     message = str(err.value)
+    assert isinstance(err.value, LaunchError)
+    assert err.value.returncode == 1
+    assert "-netdev" in err.value.argv
+    assert "could not configure /dev/net/tun (lo)" in err.value.log_tail
     assert "QEMU exited during start (exit code 1)" in message
     assert "could not configure /dev/net/tun (lo)" in message
     assert (
@@ -351,9 +358,10 @@ def test_fake_qemu_that_never_answers_is_killed(vm_dir: Path) -> None:
     fake.chmod(0o755)
     spec = make_spec(vm_dir, dummy_pvh_kernel("never"))
     started = time.monotonic()
-    with pytest.raises(EngineError, match="did not become ready within 0.5 s"):
+    with pytest.raises(LaunchError, match="did not become ready within 0.5 s") as err:
         QemuEngine(str(fake), ready_timeout=0.5).launch(spec)
     assert time.monotonic() - started < 5
+    assert err.value.returncode is None and err.value.argv[0] == str(fake)
     assert not processes_using(str(vm_dir))
 
 

@@ -29,6 +29,7 @@ def proc() -> Iterator[tuple[subprocess.Popen[str], ProcessRef]]:
     finally:
         p.kill()
         p.wait()
+        p.stdout.close()
 
 
 def killer(p: subprocess.Popen[str]) -> tuple[str, object]:

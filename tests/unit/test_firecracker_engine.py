@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from vmm.engines import registry
 from vmm.engines.base import BootSpec, Drive, RunPaths
 from vmm.engines.firecracker import FirecrackerEngine
 from vmm.engines.firecracker.engine import (
@@ -195,3 +196,38 @@ def test_bad_spec_fails_before_touching_the_host(short_dir: Path) -> None:
     with pytest.raises(ValidationError, match="instance id"):
         FirecrackerEngine(str(short_dir / "missing-binary")).launch(spec)
     assert not paths.vm_dir.exists()
+
+
+def test_what_the_engine_serves(short_dir: Path) -> None:
+    paths = RunPaths(
+        vm_dir=short_dir / "vm",
+        console_log=short_dir / "vm" / "console.log",
+        api_socket=short_dir / "vm" / "api.sock",
+        console_socket=short_dir / "vm" / "console.sock",
+        engine_log=short_dir / "vm" / "firecracker.log",
+    )
+    e = FirecrackerEngine()
+    assert e.sockets(paths) == (paths.api_socket,)  # no console socket: not its to clean
+    assert e.console_socket(paths) is None
+    assert not registry.info("firecracker").can(registry.CONSOLE)  # the registry agrees
+    # Only its own socket's length matters (the console path is QEMU's).
+    e.check_paths(paths.replace(console_socket=short_dir / ("c" * 110)))
+    with pytest.raises(ValidationError, match="too long"):
+        e.check_paths(paths.replace(api_socket=short_dir / ("a" * 110)))
+    assert e.live_state(paths, timeout=0.2) is None
+    paths.console_socket.parent.mkdir()
+    paths.console_socket.write_text("not firecracker's")
+    e.cleanup(paths)
+    assert paths.console_socket.exists()
+
+
+def test_a_busy_socket_is_never_removed(short_dir: Path) -> None:
+    path = short_dir / "api.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+        busy.bind(str(path))
+        busy.listen(0)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first:
+            first.connect(str(path))  # the backlog is full: the next connect times out
+            with pytest.raises(ConflictError, match="in use"):
+                remove_stale_socket(path)
+    assert path.exists()

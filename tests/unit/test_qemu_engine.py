@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from vmm.engines import registry
 from vmm.engines.base import BootSpec, Drive, Nic, RunPaths
 from vmm.engines.qemu.engine import INSTALL_HINT, QemuEngine
 from vmm.errors import ConflictError, EngineError, NotFoundError, ValidationError, VmmError
-from vmm.host.process import ProcessRef
+from vmm.host.process import LIVE, ProcessRef, socket_is_live, socket_state
 from vmm.runner import RecordingRunner, Result
 
 pytestmark = pytest.mark.unit
@@ -167,3 +168,39 @@ def test_cleanup_removes_only_stale_sockets(vm_dir: Path) -> None:
 def test_status_of_a_gone_process_is_none(vm_dir: Path) -> None:
     paths = make_spec(vm_dir).paths
     assert QemuEngine().status(ProcessRef(pid=2**22 + 1, start_time=1), paths) is None
+
+
+def test_a_socket_that_does_not_answer_in_time_is_live(vm_dir: Path) -> None:
+    # One meaning for both engines: a listener whose backlog is full (a busy QEMU) times
+    # out, and a socket that might be served is never removed nor taken over.
+    paths = make_spec(vm_dir).paths
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+        busy.bind(str(paths.api_socket))
+        busy.listen(0)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first:
+            first.connect(str(paths.api_socket))  # fills the backlog: nobody accepts
+            assert socket_is_live(paths.api_socket, timeout=0.2)
+            assert socket_state(paths.api_socket) == LIVE
+            QemuEngine().cleanup(paths)
+            assert paths.api_socket.exists()
+
+
+def test_what_the_engine_serves(vm_dir: Path) -> None:
+    paths = make_spec(vm_dir).paths
+    e = QemuEngine()
+    assert e.sockets(paths) == (paths.api_socket, paths.console_socket)
+    assert e.console_socket(paths) == paths.console_socket
+    assert registry.info("qemu").can(registry.CONSOLE)  # the registry says the same
+    e.check_paths(paths)
+    long = paths.replace(console_socket=vm_dir / ("c" * 110))
+    with pytest.raises(ValidationError, match="console socket path is too long"):
+        e.check_paths(long)
+    assert e.live_state(paths, timeout=0.2) is None  # nothing serves it
+
+
+def test_engine_objects_hold_no_per_vm_state() -> None:
+    # Built once per call by the registry, or kept for ever by a server: nothing accumulates.
+    assert set(vars(QemuEngine())) == {
+        "_binary", "_runner", "_resolve", "_tsc_khz", "_tap_exists",
+        "ready_timeout", "qmp_timeout", "probe_timeout",
+    }  # fmt: skip

@@ -1,18 +1,25 @@
 """The interface every hypervisor engine implements, and the spec it boots from.
 
 Both engines take the same ``BootSpec`` (kernel, initrd, command line, cpus, memory, drives,
-NICs) and return a ``ProcessRef``; a VM record can boot on either.
+NICs) and return a ``ProcessRef``; a VM record can boot on either. The value types are
+``vmm.record`` records rather than dataclasses: this module is on every command that starts
+or stops a VM, and ``dataclasses`` (with ``inspect``) costs several milliseconds to import and
+more to build each class.
+
+How an engine runs its process (pre-launch, spawn, wait-ready, post-shutdown) is shared in
+``engines.managed``; what each engine can do that callers must know without importing it is
+in ``engines.registry``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from vmm.host.liveness import ProcessRef
 from vmm.host.process import GracefulStep
+from vmm.record import FrozenRecord
 from vmm.store import RunPaths
 
 __all__ = ["BootSpec", "Drive", "Engine", "Nic", "OnSpawn", "ProcessRef", "RunPaths", "StopResult"]
@@ -20,8 +27,7 @@ __all__ = ["BootSpec", "Drive", "Engine", "Nic", "OnSpawn", "ProcessRef", "RunPa
 OnSpawn = Callable[[ProcessRef], None]
 
 
-@dataclass(frozen=True)
-class Drive:
+class Drive(FrozenRecord):
     """A block device. ``drive_id`` follows Firecracker's rule: ``[A-Za-z0-9_]+``."""
 
     drive_id: str
@@ -30,8 +36,7 @@ class Drive:
     root: bool = False
 
 
-@dataclass(frozen=True)
-class Nic:
+class Nic(FrozenRecord):
     """A network interface backed by an existing, up TAP device on the host."""
 
     iface_id: str
@@ -39,8 +44,7 @@ class Nic:
     mac: str
 
 
-@dataclass(frozen=True)
-class BootSpec:
+class BootSpec(FrozenRecord):
     """Everything needed to boot a VM, independent of the engine."""
 
     vm_id: str  # Firecracker --id: [A-Za-z0-9-]{1,64}
@@ -53,12 +57,13 @@ class BootSpec:
     initrd: Path | None = None
     drives: tuple[Drive, ...] = ()
     nics: tuple[Nic, ...] = ()
-    accel: str = "tcg"  # QEMU only: "kvm" or "tcg" (already resolved from "auto")
-    extra: dict[str, str] = field(default_factory=dict)
+    # The accelerator, already resolved from "auto" ("kvm" or "tcg"). Only an engine that can
+    # emulate (registry capability TCG: QEMU) reads it; Firecracker always runs on KVM and
+    # ignores it (callers pass "kvm", see ``registry.accel_in_use``).
+    accel: str = "tcg"
 
 
-@dataclass(frozen=True)
-class StopResult:
+class StopResult(FrozenRecord):
     """How a VM stopped: the graceful step that worked ("acpi", "ctrl-alt-del", "ssh"), or
     "sigterm", "sigkill", "already-stopped"."""
 
@@ -74,6 +79,22 @@ class Engine(Protocol):
 
     def version(self) -> str | None:
         """The hypervisor's version string, or None when it is not installed."""
+
+    def check_paths(self, paths: RunPaths) -> None:
+        """Raise ``ValidationError`` when this engine cannot use ``paths`` (a socket path too
+        long for AF_UNIX): what ``launch`` would refuse, checkable when a VM is created."""
+
+    def sockets(self, paths: RunPaths) -> tuple[Path, ...]:
+        """The Unix sockets this engine's process serves for a VM (its API socket first): the
+        ones ``cleanup`` removes once stale, and that a caller may chmod after launch."""
+
+    def console_socket(self, paths: RunPaths) -> Path | None:
+        """The serial console socket to attach to, or None when the engine has none (its
+        console output only goes to ``paths.console_log``)."""
+
+    def live_state(self, paths: RunPaths, *, timeout: float = 2.0) -> str | None:
+        """What the hypervisor itself reports about the VM ("running", "Running", "paused"...),
+        or None when it does not answer within ``timeout``."""
 
     def launch(self, spec: BootSpec, on_spawn: OnSpawn | None = None) -> ProcessRef:
         """Start the VM detached from the caller and return its process once it is booting.

@@ -1,8 +1,13 @@
-"""VM processes: spawn detached, observe liveness, stop with escalation.
+"""VM processes: spawn detached, observe liveness, stop with escalation, their sockets.
 
 Liveness is observed, never remembered: a pid is ours only while ``/proc/<pid>/stat`` shows the
 same start time we recorded (pids get reused), and a zombie counts as gone. Reading
 ``/proc/<pid>/stat`` works for non-root users too, so ``vmm list`` needs no privileges.
+
+The hypervisors this process spawned are kept in one process-wide table until they are reaped,
+whichever engine object spawned them: an engine may be rebuilt at every call or live as long
+as a server does, and either way its children neither linger as zombies nor make ``Popen``
+warn that they are "still running" when collected.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -19,10 +26,14 @@ from pathlib import Path
 from vmm.errors import EngineError, ToolMissing, tail
 from vmm.host.liveness import ProcessRef, is_alive, ref_for, start_time_of
 
-__all__ = ["GracefulStep", "ProcessRef", "is_alive", "log_tail", "ref_for", "spawn_detached",
-           "start_time_of", "stop_escalating", "wait_gone"]
+__all__ = ["GracefulStep", "ProcessRef", "describe_exit", "is_alive", "log_tail", "reap",
+           "ref_for", "socket_is_live", "socket_state", "spawn_detached", "start_time_of",
+           "stop_escalating", "wait_gone"]
 
 log = logging.getLogger(__name__)
+
+# Hypervisors this process spawned and has not reaped yet, by pid (see the module docstring).
+_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def systemd_is_init(run_dir: Path = Path("/run/systemd/system")) -> bool:
@@ -64,10 +75,11 @@ def spawn_detached(
 
         argv = in_own_scope(argv, vm_name=vm_name, systemd_run=shutil.which("systemd-run"))
     log.debug("spawn: %s", " ".join(argv))
+    reap_exited()
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     try:
         os.fchmod(fd, 0o600)  # the guest's console output: root's alone (also an older log)
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=fd,
@@ -80,23 +92,49 @@ def spawn_detached(
         raise ToolMissing(argv[0]) from None
     finally:
         os.close(fd)
+    _children[proc.pid] = proc
+    return proc
+
+
+def reap(pid: int) -> None:
+    """Collect ``pid``'s exit status if it is an exited child of this process (a no-op for
+    any other process: VMs started by an earlier command are not our children)."""
+    proc = _children.get(pid)
+    if proc is not None:
+        if proc.poll() is not None:
+            del _children[pid]
+        return
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def reap_exited() -> None:
+    """Reap every child this process spawned that has exited since."""
+    for pid, proc in list(_children.items()):
+        if proc.poll() is not None:
+            del _children[pid]
+
+
+def describe_exit(returncode: int) -> str:
+    """``exit code 1``, ``killed by SIGKILL``: how a process ended, from ``Popen.returncode``."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
 
 
 def wait_gone(ref: ProcessRef, timeout: float, *, poll: float = 0.05) -> bool:
     """Wait up to ``timeout`` seconds for the process to exit; reap it if it is our child."""
     deadline = time.monotonic() + timeout
     while True:
-        _reap(ref.pid)
+        reap(ref.pid)
         if not is_alive(ref):
             return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(poll)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def _signal(ref: ProcessRef, sig: int) -> None:
@@ -154,12 +192,49 @@ def stop_escalating(
     raise EngineError(f"process {ref.pid} did not exit after SIGKILL")
 
 
-def log_tail(path: Path, lines: int = 15) -> str:
+def log_tail(path: Path, lines: int = 15, *, offset: int = 0) -> str:
+    """The last ``lines`` non-empty lines of ``path`` (of its last 16 KiB), counting only what
+    was written after ``offset`` (the size it had before this run: its output alone)."""
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 16384))
+            f.seek(max(offset, f.tell() - 16384))
             return tail(f.read().decode(errors="replace"), lines)
     except FileNotFoundError:
         return ""
+
+
+# -- the hypervisors' Unix sockets -------------------------------------------------------------
+
+ABSENT, STALE, LIVE, NOT_A_SOCKET = "absent", "stale", "live", "not-a-socket"
+
+
+def socket_is_live(path: Path, *, timeout: float = 1.0) -> bool:
+    """True when some process may be serving the Unix socket ``path``: the connection was
+    accepted, or the attempt timed out or met a full backlog (a busy listener exists). Only a
+    refusal (nobody listens) or a missing file is False. Both engines and ``vmm doctor`` use
+    this one meaning: a socket that might be served is never removed."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True  # timeout, full backlog (EAGAIN), no permission: a listener may exist
+    finally:
+        sock.close()
+    return True
+
+
+def socket_state(path: Path) -> str:
+    """``ABSENT``, ``STALE`` (a socket file nobody listens on: what a killed hypervisor
+    leaves), ``LIVE`` (``socket_is_live``) or ``NOT_A_SOCKET`` (some other file: never ours
+    to remove)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return ABSENT
+    if not stat.S_ISSOCK(mode):
+        return NOT_A_SOCKET
+    return LIVE if socket_is_live(path) else STALE

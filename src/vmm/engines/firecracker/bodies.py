@@ -19,13 +19,13 @@ docs/firecracker.md, Identifiers, API conventions and Boot sequence):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from vmm.engines.base import BootSpec, Drive, Nic
 from vmm.errors import ValidationError
+from vmm.record import FrozenRecord
 
 Json = dict[str, Any]
 ActionType = Literal["InstanceStart", "SendCtrlAltDel"]
@@ -44,13 +44,16 @@ _ROOT_ARG_LEN = len(" root=/dev/vda rw")
 _MMIO_ARG_LEN = len(" virtio_mmio.device=4K@0xd0000000:10")
 
 
-@dataclass(frozen=True)
-class ApiRequest:
+class ApiRequest(FrozenRecord):
     """One API call: method, path and JSON body (never empty: Firecracker refuses that)."""
 
     method: Literal["PUT", "PATCH"]
     path: str
     body: Json
+
+
+def _same_path(path: Path) -> Path:
+    return path
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -244,11 +247,17 @@ def send_ctrl_alt_del_request() -> ApiRequest:
     return ApiRequest("PUT", "/actions", action_body("SendCtrlAltDel"))
 
 
-def boot_requests(spec: BootSpec, *, log_level: LogLevel = "Info") -> list[ApiRequest]:
+def boot_requests(
+    spec: BootSpec,
+    *,
+    log_level: LogLevel = "Info",
+    expose: Callable[[Path], Path] = _same_path,
+) -> list[ApiRequest]:
     """The whole pre-boot sequence for ``spec``, ending with InstanceStart.
 
     Order as in Firecracker's docs and Go SDK: logger first (so the rest is logged), machine,
-    boot source, drives (root first), NICs, start.
+    boot source, drives (root first), NICs, start. Every host path (log, kernel, initrd,
+    drives) is sent as ``expose`` maps it: the path the process sees (``Jail.expose``).
     """
     validate_instance_id(spec.vm_id)
     drives = ordered_drives(spec.drives)
@@ -258,11 +267,12 @@ def boot_requests(spec: BootSpec, *, log_level: LogLevel = "Info") -> list[ApiRe
         root_drive=any(d.root for d in drives),
         virtio_devices=len(drives) + len(spec.nics),
     )
+    initrd = None if spec.initrd is None else expose(spec.initrd)
     return [
-        logger_request(spec.paths.engine_log, level=log_level),
+        logger_request(expose(spec.paths.engine_log), level=log_level),
         machine_config_request(vcpu_count=spec.cpus, mem_size_mib=spec.memory_mb),
-        boot_source_request(spec.kernel, spec.cmdline, spec.initrd),
-        *(drive_request(d) for d in drives),
+        boot_source_request(expose(spec.kernel), spec.cmdline, initrd),
+        *(drive_request(d.replace(path=expose(d.path))) for d in drives),
         *(network_interface_request(n) for n in spec.nics),
         instance_start_request(),
     ]

@@ -1,7 +1,8 @@
 """The QEMU engine: ``qemu-system-x86_64 -M microvm`` processes driven over QMP.
 
-Launch spawns QEMU detached (its stderr goes to ``paths.engine_log``) and returns once QMP
-answers and the VM runs. Stop asks the guest to power off through the ACPI power button
+The lifecycle is ``engines.managed``'s; this module fills in its stages. Launch spawns QEMU
+detached (its stderr goes to ``paths.engine_log``, the serial console to ``paths.console_log``
+and to the console socket) and returns once QMP answers and the VM runs. Stop asks the guest to power off through the ACPI power button
 (QMP ``system_powerdown``), then escalates to SIGTERM and SIGKILL. QEMU itself does nothing on
 ``system_powerdown`` when the guest ignores the button (no ACPI, or no guest kernel yet): it
 only emits a POWERDOWN event, so the escalation is what ends such a VM.
@@ -9,35 +10,36 @@ only emits a POWERDOWN event, so the escalation is what ends such a VM.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import shlex
 import shutil
-import signal
 import socket
-import stat
-import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmm.engines.base import BootSpec, Engine, OnSpawn, RunPaths, StopResult
+from vmm.engines.base import BootSpec, Engine, RunPaths
+from vmm.engines.managed import Launch, LaunchError, ManagedEngine, file_size
 from vmm.engines.qemu.accel import host_tsc_khz, resolve_accel
-from vmm.engines.qemu.argv import build_argv
+from vmm.engines.qemu.argv import build_argv, check_socket_path
 from vmm.engines.qemu.qmp import QmpClient, qmp_execute
-from vmm.errors import ConflictError, EngineError, NotFoundError, ValidationError, VmmError, tail
+from vmm.errors import (
+    ConflictError,
+    EngineError,
+    NotFoundError,
+    ValidationError,
+    VmmError,
+    tail,
+)
 from vmm.host.process import (
+    NOT_A_SOCKET,
     GracefulStep,
     ProcessRef,
+    describe_exit,
     is_alive,
-    ref_for,
-    spawn_detached,
-    start_time_of,
-    stop_escalating,
-    wait_gone,
+    reap,
 )
 from vmm.runner import Runner
 
@@ -60,68 +62,13 @@ def tap_exists(name: str) -> bool:
     return True
 
 
-def is_listening(path: Path) -> bool:
-    """Whether a process accepts connections on the Unix socket at ``path``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(1.0)
-    try:
-        sock.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        sock.close()
-    return True
-
-
-def _is_socket(path: Path) -> bool:
-    try:
-        return stat.S_ISSOCK(path.lstat().st_mode)
-    except FileNotFoundError:
-        return False
-
-
-def _log_since(path: Path, offset: int, lines: int = 15) -> str:
-    """The tail of what was appended to ``path`` after ``offset`` (this run's output only)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(offset, f.tell() - 16384))
-            return tail(f.read().decode(errors="replace"), lines)
-    except FileNotFoundError:
-        return ""
-
-
-def _threads_running(ref: ProcessRef) -> bool:
-    """Whether any thread of the process ``ref`` has not exited yet."""
-    if start_time_of(ref.pid) != ref.start_time:
-        return False
-    try:
-        tids = os.listdir(f"/proc/{ref.pid}/task")
-    except OSError:
-        return False
-    for tid in tids:
-        try:
-            stat_line = Path(f"/proc/{ref.pid}/task/{tid}/stat").read_text()
-        except OSError:
-            continue
-        if stat_line[stat_line.rfind(")") + 2 :][:1] not in ("Z", "X"):
-            return True
-    return False
-
-
-def _describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
-
-
-class QemuEngine:
+class QemuEngine(ManagedEngine):
     """Runs VMs with ``qemu-system-x86_64 -M microvm``. Collaborators are injectable for tests."""
 
     name = "qemu"
+    label = "QEMU"
+    guest_stop_command = "poweroff"
+    poll_interval = 0.05
 
     def __init__(
         self,
@@ -141,9 +88,7 @@ class QemuEngine:
         self._tap_exists = tap_exists
         self.ready_timeout = ready_timeout
         self.qmp_timeout = qmp_timeout
-        # QEMU children this engine launched, kept so that they are reaped (no zombies in a
-        # long-lived caller) and so Popen does not warn "still running" when collected.
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self.probe_timeout = qmp_timeout
 
     # -- availability ---------------------------------------------------------------------
 
@@ -179,19 +124,40 @@ class QemuEngine:
         first = out.strip().splitlines()[0] if out.strip() else None
         return match.group(1) if match else first
 
-    # -- launch ---------------------------------------------------------------------------
+    # -- what it serves -------------------------------------------------------------------
 
-    def launch(self, spec: BootSpec, on_spawn: OnSpawn | None = None) -> ProcessRef:
-        """Start QEMU detached and return once QMP reports the VM running.
+    def check_paths(self, paths: RunPaths) -> None:
+        check_socket_path(paths.api_socket, "QMP socket")
+        check_socket_path(paths.console_socket, "console socket")
 
-        ``on_spawn`` gets the process right after it exists, so the caller can record it
-        before anything else can go wrong (a killed ``vmm start`` must not leak a QEMU).
+    def sockets(self, paths: RunPaths) -> tuple[Path, ...]:
+        return (paths.api_socket, paths.console_socket)
 
-        Bad input fails before anything is spawned. If QEMU exits during start-up (a TAP it
-        cannot open, an image locked by another VM), the error carries its exit code and the
-        tail of its log; if it does not become ready in time it is killed. Either way no
-        process and no sockets are left behind.
-        """
+    def console_socket(self, paths: RunPaths) -> Path | None:
+        return paths.console_socket
+
+    def live_state(self, paths: RunPaths, *, timeout: float = 2.0) -> str | None:
+        """QMP's run state ("running", "paused", "shutdown", ...)."""
+        try:
+            result = qmp_execute(paths.api_socket, "query-status", timeout=timeout)
+        except EngineError as exc:
+            log.debug("query-status failed: %s", exc)
+            return None
+        status = result.get("status") if isinstance(result, dict) else None
+        return str(status) if status is not None else None
+
+    def status(self, ref: ProcessRef, paths: RunPaths) -> str | None:
+        """``live_state`` of the VM whose process is ``ref``; None when the process is gone."""
+        if not is_alive(ref):
+            reap(ref.pid)
+            return None
+        return self.live_state(paths, timeout=self.qmp_timeout)
+
+    # -- the managed stages ---------------------------------------------------------------
+
+    def _prepare(self, spec: BootSpec) -> Launch:
+        """Bad input fails before anything is spawned: the binary, the accelerator, the
+        argv's own checks, the files, the TAPs (QEMU as root would create a missing one)."""
         binary = self._require_binary()
         accel, reason = self._resolve(spec.accel)
         log.info("%s: accelerator %s (%s)", spec.name, accel, reason)
@@ -201,19 +167,14 @@ class QemuEngine:
         argv = build_argv(spec, binary=binary, accel=accel, tsc_khz=tsc_khz)
         self._check_inputs(spec)
         paths = spec.paths
-        self._prepare_paths(paths)
-
-        offset = paths.engine_log.stat().st_size if paths.engine_log.exists() else 0
-        proc = spawn_detached(argv, log_path=paths.engine_log, vm_name=spec.name)
-        try:
-            if on_spawn is not None:
-                on_spawn(ref_for(proc.pid))
-            ref = self._wait_ready(proc, paths, offset, argv)
-        except BaseException:
-            self._abort(proc, paths)
-            raise
-        self._children[proc.pid] = proc
-        return ref
+        self._make_dirs(paths)
+        self._claim_sockets(paths)
+        return Launch(
+            spec=spec,
+            argv=argv,
+            log_path=paths.engine_log,
+            log_offset=file_size(paths.engine_log),
+        )
 
     def _check_inputs(self, spec: BootSpec) -> None:
         files = [("kernel", spec.kernel)]
@@ -230,113 +191,36 @@ class QemuEngine:
                     hint="create the TAP before launching the VM",
                 )
 
-    def _prepare_paths(self, paths: RunPaths) -> None:
-        for path in (paths.engine_log, paths.console_log, paths.api_socket, paths.console_socket):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        for path in (paths.api_socket, paths.console_socket):
-            if path.exists() and not _is_socket(path):
-                raise ValidationError(f"{path} exists and is not a socket; refusing to replace it")
-            if is_listening(path):
-                raise ConflictError(
-                    f"another process is serving {path}",
-                    hint="is this VM already running?",
-                )
-        self.cleanup(paths)
-
-    def _wait_ready(
-        self, proc: subprocess.Popen[bytes], paths: RunPaths, offset: int, argv: list[str]
-    ) -> ProcessRef:
-        deadline = time.monotonic() + self.ready_timeout
-        start_time: int | None = None
-        last_error = "QMP socket not there yet"
-        while True:
-            returncode = proc.poll()
-            if returncode is not None:
-                out = _log_since(paths.engine_log, offset)
-                last = tail(out, 1)
-                raise EngineError(
-                    f"QEMU exited during start ({_describe_exit(returncode)})"
-                    + (f": {last}" if last else ""),
-                    details=f"command: {shlex.join(argv)}\n{out}".rstrip(),
-                )
-            if start_time is None:
-                start_time = start_time_of(proc.pid)
-            try:
-                with QmpClient(paths.api_socket, timeout=self.qmp_timeout) as qmp:
-                    status = qmp.execute("query-status").get("status")
-                if status == "running" and start_time is not None:
-                    return ProcessRef(proc.pid, start_time)
-                last_error = f"VM status is {status!r}"
-            except EngineError as exc:
-                last_error = exc.brief
-            if time.monotonic() >= deadline:
-                raise EngineError(
-                    f"QEMU did not become ready within {self.ready_timeout:g} s: {last_error}",
-                    details=_log_since(paths.engine_log, offset) or None,
-                )
-            time.sleep(0.05)
-
-    def _abort(self, proc: subprocess.Popen[bytes], paths: RunPaths) -> None:
-        if proc.poll() is None:
-            proc.kill()
+    def _probe_ready(self, launch: Launch, timeout: float) -> str | None:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            log.warning("QEMU (pid %d) did not exit after SIGKILL", proc.pid)
-            return
-        self.cleanup(paths)
-
-    # -- running VMs ----------------------------------------------------------------------
-
-    def _forget_if_gone(self, ref: ProcessRef) -> None:
-        """Reap our own child if it has exited (a no-op for VMs launched by another process)."""
-        proc = self._children.get(ref.pid)
-        if proc is not None and proc.poll() is not None:
-            del self._children[ref.pid]
-
-    def _settle(self, ref: ProcessRef, timeout: float = 5.0) -> None:
-        """Wait until a stopped QEMU has fully exited, and reap it if it is our child.
-
-        ``is_alive`` calls a zombie main thread gone, but QEMU is multi-threaded: its other
-        threads (and its open sockets) can outlive the main thread for a moment after a signal.
-        """
-        proc = self._children.pop(ref.pid, None)
-        if proc is not None:
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._children[ref.pid] = proc
-                log.warning("QEMU (pid %d) is still exiting after %g s", ref.pid, timeout)
-            return
-        deadline = time.monotonic() + timeout
-        while _threads_running(ref) and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def status(self, ref: ProcessRef, paths: RunPaths) -> str | None:
-        """QMP's run state ("running", "paused", "shutdown", ...), or None when the process is
-        gone or QMP does not answer."""
-        if not is_alive(ref):
-            self._forget_if_gone(ref)
-            return None
-        try:
-            result = qmp_execute(paths.api_socket, "query-status", timeout=self.qmp_timeout)
+            with QmpClient(launch.spec.paths.api_socket, timeout=timeout) as qmp:
+                status = qmp.execute("query-status").get("status")
         except EngineError as exc:
-            log.debug("query-status failed: %s", exc)
-            return None
-        status = result.get("status") if isinstance(result, dict) else None
-        return str(status) if status is not None else None
+            return exc.brief
+        return None if status == "running" else f"VM status is {status!r}"
 
-    def stop(
-        self,
-        ref: ProcessRef,
-        paths: RunPaths,
-        *,
-        timeout: float,
-        guest_steps: Sequence[GracefulStep] = (),
-    ) -> StopResult:
-        """The ACPI power button, then Ctrl-Alt-Del on the emulated keyboard (the guest reboots,
-        and ``-no-reboot`` ends QEMU), then ``guest_steps`` (e.g. ``poweroff`` over SSH), sharing
-        ``timeout``; then SIGTERM; then SIGKILL."""
+    def _exit_error(self, launch: Launch, returncode: int, output: str) -> LaunchError:
+        last = tail(output, 1)
+        return LaunchError(
+            f"QEMU exited during start ({describe_exit(returncode)})"
+            + (f": {last}" if last else ""),
+            argv=launch.argv,
+            returncode=returncode,
+            log_tail=output,
+            details=f"command: {shlex.join(launch.argv)}\n{output}".rstrip(),
+        )
+
+    def _timeout_error(self, launch: Launch, why: str, output: str) -> LaunchError:
+        return LaunchError(
+            f"QEMU did not become ready within {self.ready_timeout:g} s: {why}",
+            argv=launch.argv,
+            log_tail=output,
+            details=output or None,
+        )
+
+    def _graceful_steps(self, paths: RunPaths, timeout: float) -> list[GracefulStep]:
+        """The ACPI power button, then Ctrl-Alt-Del on the emulated keyboard (the guest
+        reboots, and ``-no-reboot`` ends QEMU)."""
 
         def powerdown() -> bool:
             qmp_execute(paths.api_socket, "system_powerdown", timeout=self.qmp_timeout)
@@ -347,33 +231,14 @@ class QemuEngine:
             qmp_execute(paths.api_socket, "send-key", timeout=self.qmp_timeout, keys=keys)
             return True
 
-        steps = [("acpi", powerdown), ("ctrl-alt-del", ctrl_alt_del), *guest_steps]
-        how = stop_escalating(ref, steps, timeout=timeout)
-        self._settle(ref)
-        self.cleanup(paths)
-        return StopResult(how)
+        return [("acpi", powerdown), ("ctrl-alt-del", ctrl_alt_del)]
 
-    guest_stop_command = "poweroff"
-
-    def kill(self, ref: ProcessRef, paths: RunPaths) -> None:
-        if is_alive(ref):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(ref.pid, signal.SIGKILL)
-            if not wait_gone(ref, 5.0):
-                raise EngineError(f"QEMU (pid {ref.pid}) did not exit after SIGKILL")
-        self._settle(ref)
-        self.cleanup(paths)
-
-    def cleanup(self, paths: RunPaths) -> None:
-        """Remove the QMP and console sockets unless a live process still serves them."""
-        for path in (paths.api_socket, paths.console_socket):
-            if not _is_socket(path):
-                continue
-            if is_listening(path):
-                log.warning("not removing %s: a process still serves it", path)
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+    def _socket_error(self, path: Path, state: str) -> VmmError:
+        if state == NOT_A_SOCKET:
+            return ValidationError(f"{path} exists and is not a socket; refusing to replace it")
+        return ConflictError(
+            f"another process is serving {path}", hint="is this VM already running?"
+        )
 
 
 if TYPE_CHECKING:

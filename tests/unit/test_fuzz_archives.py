@@ -5,7 +5,7 @@ the root, hard links to symbolic links, corrupt compression — must be refused 
 ``VmmError`` and must never touch anything outside the target directory.
 
 Safety: ``extract_tar`` runs as root here. Every deletion it makes goes through
-``sources._remove``, which these tests replace with a guard that refuses (and fails the test
+``archives._remove``, which these tests replace with a guard that refuses (and fails the test
 on) any path not strictly inside the target, and every hard link goes through ``os.link``,
 guarded the same way. Link targets point into a sandbox, never at real host files.
 """
@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vmm.errors import ValidationError, VmmError
-from vmm.guest import sources
+from vmm.guest import archives, oci
 
 pytestmark = pytest.mark.unit
 
@@ -64,7 +64,7 @@ def _inside(path: str | os.PathLike[str], root: Path, *, resolve: bool = False) 
 @contextlib.contextmanager
 def confined(dest: Path) -> Iterator[None]:
     """Deletions and hard links only strictly inside ``dest``, for the duration."""
-    remove, link = sources._remove, os.link
+    remove, link = archives._remove, os.link
 
     def guarded_remove(path: Path) -> None:
         if not _inside(path, dest):
@@ -78,12 +78,12 @@ def confined(dest: Path) -> Iterator[None]:
             raise Escaped(f"extract_tar tried to link {src} -> {dst} (target {dest})")
         link(src, dst, **kwargs)
 
-    sources._remove = guarded_remove  # type: ignore[assignment]
+    archives._remove = guarded_remove  # type: ignore[assignment]
     os.link = guarded_link  # type: ignore[assignment]
     try:
         yield
     finally:
-        sources._remove = remove  # type: ignore[assignment]
+        archives._remove = remove  # type: ignore[assignment]
         os.link = link
 
 
@@ -160,7 +160,7 @@ def run_extract(data: bytes, base: Path, *, layer: bool) -> None:
     before = _snapshot(base)
     dest = base / "dest"
     with confined(dest), contextlib.suppress(VmmError):
-        sources.extract_tar(archive, dest, layer=layer)
+        archives.extract_tar(archive, dest, layer=layer)
     _check_confined(base, before)
 
 
@@ -192,7 +192,7 @@ def test_check_members(entries: list[tuple[str, str, str, bytes]]) -> None:
         info.type, info.linkname = KINDS[kind], link.format(base="/sandbox")
         infos.append(info)
     try:
-        sources.check_members(infos)
+        archives.check_members(infos)
     except ValidationError:
         return
     root = "/root"
@@ -209,7 +209,7 @@ def test_check_members(entries: list[tuple[str, str, str, bytes]]) -> None:
 
 
 def _xfail(reason: str, *raises: type[BaseException]) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=raises or None, reason=reason + " (src/vmm/guest/sources.py)")
+    return pytest.mark.xfail(strict=True, raises=raises or None, reason=reason + " (src/vmm/guest/archives.py)")
 
 
 TOP_OPAQUE = [("file", "./.wh..wh..opq", "", b"")]
@@ -236,7 +236,7 @@ def test_hardlink_to_a_symlink_outside() -> None:
         archive = base / "archive.tar"
         archive.write_bytes(build_tar(entries, base))
         before = _snapshot(base)
-        sources.extract_tar(archive, base / "dest")  # no guard: such a link is harmless here
+        archives.extract_tar(archive, base / "dest")  # no guard: such a link is harmless here
         _check_confined(base, before)
         assert os.path.islink(base / "dest" / "h")
 
@@ -311,18 +311,18 @@ GOOD_INDEX = {"manifests": [{"digest": "sha256:" + "0" * 64}]}
 def test_oci_and_docker_manifests(index: Any, manifest: Any) -> None:
     with sandbox() as base:
         layout = _layout(base, index, manifest)
-        for call in (lambda: sources.oci_layers(layout, None), lambda: sources.oci_layers(layout, "latest")):
+        for call in (lambda: oci.oci_layers(layout, None), lambda: oci.oci_layers(layout, "latest")):
             try:
                 layers = call()
             except VmmError:
                 continue
             assert all(p.is_file() and layout in p.parents for p in layers)
         with contextlib.suppress(VmmError), confined(base / "dest"):
-            sources.apply_docker_archive(layout, base / "dest")
+            oci.apply_docker_archive(layout, base / "dest")
 
 
 def test_oci_manifests_that_are_fine() -> None:
     with sandbox() as base:
         layout = _layout(base, GOOD_INDEX, {"layers": []})
-        assert sources.oci_layers(layout, None) == []
+        assert oci.oci_layers(layout, None) == []
         assert stat.S_ISDIR(os.stat(layout).st_mode)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vmm.errors import ValidationError
-from vmm.guest import sources
+from vmm.guest import archives, oci, sources
 
 pytestmark = pytest.mark.unit
 
@@ -59,11 +59,11 @@ def member(name: str, *, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfi
 )
 def test_members_that_would_escape(m: tarfile.TarInfo, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
-        sources.check_members([member("ok"), m])
+        archives.check_members([member("ok"), m])
 
 
 def test_members_that_are_fine() -> None:
-    sources.check_members([
+    archives.check_members([
         member("./etc/hosts"),
         member("etc/localtime", kind=tarfile.SYMTYPE, link="/usr/share/zoneinfo/UTC"),  # rootfs-absolute
         member("usr/lib/x", kind=tarfile.SYMTYPE, link="../../bin/y"),
@@ -94,7 +94,7 @@ def test_no_writing_through_a_symlink(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(ValidationError, match="through the symbolic link"):
-        sources.extract_tar(bad, dest)
+        archives.extract_tar(bad, dest)
     assert list(outside.iterdir()) == []
 
 
@@ -109,7 +109,7 @@ def test_layers_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
         ("etc/.wh.a", b"", None), ("etc/c", b"2", None), ("opt/.wh..wh..opq", b"", None),
         ("opt/new", b"2", None), ("bin/sh", b"sh2", None),
     ])
-    sources.apply_layers([l1, l2], dest)
+    oci.apply_layers([l1, l2], dest)
     assert sorted(p.name for p in (dest / "etc").iterdir()) == ["b", "c"]
     assert sorted(p.name for p in (dest / "opt").iterdir()) == ["new"]
     assert (dest / "bin" / "sh").read_bytes() == b"sh2"

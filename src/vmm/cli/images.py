@@ -131,9 +131,14 @@ def cmd_image_import(args: argparse.Namespace) -> int:
     require_root()
     m = manager()
     m.store.ensure_dirs()
-    img = m.images.import_source(
-        args.source, args.name, size_mb=args.size, force=args.force, as_is=args.as_is
-    )
+    progress = _Progress(prefix="")
+    try:
+        img = m.images.import_source(
+            args.source, args.name, size_mb=args.size, force=args.force, as_is=args.as_is,
+            progress=progress,
+        )
+    finally:
+        progress.clear()
     print(
         f"Imported image {img.name} ({human_size(img.virtual_size)}, "
         f"{human_size(img.disk_usage)} on disk) from {img.meta.get('source', args.source)}"
@@ -141,8 +146,34 @@ def cmd_image_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(line: str) -> None:
-    print(f"[vmm] {line}", file=sys.stderr, flush=True)
+class _Progress:
+    """Progress of a long command on stderr: each line as ``[vmm] line``; on a terminal also a
+    status line rewritten in place (a download's bytes, the file the compiler is on), which a
+    pipe or a log never gets (``status`` is None there)."""
+
+    def __init__(self, prefix: str = "[vmm] ") -> None:
+        self.prefix = prefix
+        self.status = self._status if sys.stderr.isatty() else None
+        self._shown = False
+
+    def __call__(self, line: str) -> None:
+        self.clear()
+        print(f"{self.prefix}{line}", file=sys.stderr, flush=True)
+
+    def _status(self, line: str) -> None:
+        import shutil
+
+        width = shutil.get_terminal_size().columns - 1
+        sys.stderr.write("\r\033[K" + f"{self.prefix}{line}"[:width])
+        sys.stderr.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        """Erase the status line (before a line, and when the command ends, also on an error)."""
+        if self._shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self._shown = False
 
 
 def cmd_image_pull(args: argparse.Namespace) -> int:
@@ -151,11 +182,15 @@ def cmd_image_pull(args: argparse.Namespace) -> int:
 
     m = manager()
     m.store.ensure_dirs()
-    k, img = pull.pull(
-        m.images, m.kernels, name=args.name, base_url=args.base_url or pull.DEFAULT_BASE_URL,
-        kernel=not args.rootfs_only, rootfs=not args.kernel_only, force=args.force,
-        progress=_progress,
-    )
+    progress = _Progress()
+    try:
+        k, img = pull.pull(
+            m.images, m.kernels, name=args.name, base_url=args.base_url or pull.DEFAULT_BASE_URL,
+            kernel=not args.rootfs_only, rootfs=not args.kernel_only, force=args.force,
+            progress=progress, status=progress.status,
+        )
+    finally:
+        progress.clear()
     if k is not None:
         print(f"Pulled kernel {k.name} ({k.meta.get('version') or '?'}) from {k.meta.get('source')}")
     if img is not None:
@@ -168,10 +203,14 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     m = manager()
     m.store.ensure_dirs()
     packages = [p.strip() for p in args.packages.split(",") if p.strip()]
-    img = m.images.build_debootstrap(
-        args.name, args.debootstrap, mirror=args.mirror, packages=packages, size_mb=args.size,
-        force=args.force, progress=_progress,
-    )
+    progress = _Progress()
+    try:
+        img = m.images.build_debootstrap(
+            args.name, args.debootstrap, mirror=args.mirror, packages=packages, size_mb=args.size,
+            force=args.force, progress=progress, output=progress.status,
+        )
+    finally:
+        progress.clear()
     print(
         f"Built image {img.name} from {img.meta.get('source')} ({human_size(img.virtual_size)}, "
         f"{img.meta.get('packages')} packages)"
@@ -267,7 +306,7 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
             Runner(), args.version, out,
             source=Path(args.source) if args.source else None,
             fragments=[Path(f) for f in args.config_fragment], jobs=args.jobs,
-            work_parent=Path(tmp), progress=_progress,
+            work_parent=Path(tmp), progress=_Progress(),
         )
         k = m.kernels.import_kernel(
             out / "vmlinux", args.name, force=args.force,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 from vmm import faults
 from vmm.errors import ConflictError, NotFoundError, ValidationError
 from vmm.guest import ext4
+from vmm.guest.progress import Progress, quiet
 from vmm.models import validate_name
 from vmm.runner import Runner
 from vmm.store import Store, scratch_name, scratch_prefix, write_atomic
@@ -107,10 +108,12 @@ class ImageRegistry:
         as_is: bool = False,
         label: str | None = None,
         extra: dict[str, Any] | None = None,
+        progress: Progress = quiet,
     ) -> Image:
         """Import any source (see ``vmm.guest.sources``) as image ``name``.
 
-        ``label`` replaces the recorded source; ``extra`` is added to the metadata.
+        ``label`` replaces the recorded source; ``extra`` is added to the metadata; ``progress``
+        gets the steps of preparing a Debian/Ubuntu tree that lacks systemd or sshd.
         """
         from vmm.guest import sources
 
@@ -132,7 +135,8 @@ class ImageRegistry:
         tmp = self.dir / scratch_name(name, "importing")
         try:
             if not as_is:  # a Debian/Ubuntu tree gets what it lacks (chroot + apt)
-                staged = sources.prepare_if_needed(self.runner, staged, self.dir)
+                staged = sources.prepare_if_needed(self.runner, staged, self.dir,
+                                                   progress=progress)
                 missing = sources.missing_guest_parts(staged.tree)
                 if missing:
                     raise ValidationError(
@@ -167,12 +171,14 @@ class ImageRegistry:
         packages: Sequence[str] = (),
         size_mb: int | None = None,
         force: bool = False,
-        progress: Callable[[str], None] | None = None,
+        progress: Progress = quiet,
+        output: Progress | None = None,
     ) -> Image:
         """A vmm guest image from debootstrap (see ``vmm.guest.debootstrap``).
 
         Built in a temp dir under the images dir; an interrupt or failure removes it (after
-        unmounting what debootstrap mounted) and registers nothing.
+        unmounting what debootstrap mounted) and registers nothing. ``output`` gets
+        debootstrap's own lines as they come.
         """
         import tempfile
         import time
@@ -187,7 +193,6 @@ class ImageRegistry:
         dest = self.path_of(name)
         if dest.exists() and not force:
             raise ConflictError(f"image {name!r} already exists", hint="use -f to replace it")
-        say = progress or (lambda _line: None)
         self.dir.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix=scratch_prefix("build"), dir=self.dir))
@@ -195,9 +200,10 @@ class ImageRegistry:
         try:
             tree = work / "rootfs"
             pkgs = debootstrap.build_tree(
-                self.runner, suite, tree, mirror=mirror, packages=packages, progress=say
+                self.runner, suite, tree, mirror=mirror, packages=packages, progress=progress,
+                output=output,
             )
-            say("mkfs.ext4 -d (the tree becomes the image)")
+            progress("mkfs.ext4 -d (the tree becomes the image)")
             self._mkfs_tree(tree, tmp, size_mb=size_mb, what=f"debootstrap {suite}")
             os.chmod(tmp, 0o600)  # guest data: root's alone
             os.replace(tmp, dest)
@@ -210,7 +216,7 @@ class ImageRegistry:
             extra={"mirror": mirror, "packages": len(pkgs.splitlines()),
                    "extra_packages": list(packages)},
         )
-        say(f"built in {time.monotonic() - start:.0f} s")
+        progress(f"built in {time.monotonic() - start:.0f} s")
         return self.get(name)
 
     def _mkfs_tree(self, tree: Path, tmp: Path, *, size_mb: int | None, what: str) -> None:

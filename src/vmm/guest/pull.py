@@ -12,16 +12,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from pathlib import Path
 
 from vmm.errors import ValidationError, VmmError
+from vmm.guest.progress import Progress, quiet
 from vmm.store import scratch_prefix
 
 TYPE_CHECKING = False
@@ -31,12 +30,6 @@ PREFIX = "firecracker-ci/v1.11/{arch}/"
 ROOTFS_KEY = "ubuntu-24.04.squashfs"
 KERNEL_SERIES = ("6.1", "5.10")
 CHUNK = 1024 * 1024
-
-Progress = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def check_base_url(url: str) -> str:
@@ -100,7 +93,7 @@ def newest_kernel(keys: list[str], series: str) -> str | None:
     return best[1] if best else None
 
 
-def find_kernel(base_url: str, arch: str, progress: Progress = _stderr) -> str:
+def find_kernel(base_url: str, arch: str, progress: Progress = quiet) -> str:
     prefix = PREFIX.format(arch=arch)
     for series in KERNEL_SERIES:
         progress(f"listing {base_url} for {prefix}vmlinux-{series}.*")
@@ -119,14 +112,17 @@ def _human(n: float) -> str:
 
 
 def download(
-    url: str, dest: Path, *, progress: Progress = _stderr, timeout: float = 60
+    url: str, dest: Path, *, progress: Progress = quiet, timeout: float = 60,
+    status: Progress | None = None,
 ) -> str:
-    """``url`` → ``dest`` through ``dest.part``; returns the sha256. Progress: bytes and rate."""
+    """``url`` → ``dest`` through ``dest.part``; returns the sha256.
+
+    Bytes so far and the rate go to ``status`` five times a second when given (a terminal's
+    status line), else to ``progress`` every 5 s; the total to ``progress`` at the end."""
     part = dest.with_name(dest.name + ".part")
     h = hashlib.sha256()
     start = last = time.monotonic()
     done = 0
-    tty = sys.stderr.isatty()
     try:
         with _open(url, timeout) as resp, part.open("wb") as out:  # type: ignore[attr-defined]
             total = int(resp.headers.get("Content-Length") or 0)
@@ -142,16 +138,11 @@ def download(
                 h.update(chunk)
                 done += len(chunk)
                 now = time.monotonic()
-                if now - last >= (0.2 if tty else 5):
+                if now - last >= (0.2 if status else 5):
                     last = now
-                    if tty:
-                        print("\r" + line(), end="", file=sys.stderr, flush=True)
-                    else:
-                        progress(line())
+                    (status or progress)(line())
             if total and done != total:
                 raise VmmError(f"{url}: got {done} of {total} bytes (connection cut?)")
-        if tty:
-            print("\r", end="", file=sys.stderr)
         progress(line() + ", done")
         os.replace(part, dest)
     except (OSError, TimeoutError) as exc:
@@ -171,9 +162,11 @@ def pull(
     kernel: bool = True,
     rootfs: bool = True,
     force: bool = False,
-    progress: Progress = _stderr,
+    progress: Progress = quiet,
+    status: Progress | None = None,
 ) -> tuple[Kernel | None, Image | None]:
-    """Download, convert and register the CI kernel and/or rootfs as ``name``."""
+    """Download, convert and register the CI kernel and/or rootfs as ``name`` (``status``: see
+    ``download``)."""
     import shutil
     import tempfile
 
@@ -198,16 +191,16 @@ def pull(
             key = find_kernel(base_url, arch, progress)
             url = f"{base_url}/{key}"
             path = work / key.rsplit("/", 1)[-1]
-            sha = download(url, path, progress=progress)
+            sha = download(url, path, progress=progress, status=status)
             k = kernels.import_kernel(path, name, force=True,
                                       extra={"source": url, "download_sha256": sha})
         if rootfs:
             url = f"{base_url}/{prefix}{ROOTFS_KEY}"
             path = work / ROOTFS_KEY
-            sha = download(url, path, progress=progress)
+            sha = download(url, path, progress=progress, status=status)
             progress("converting the squashfs to ext4 (unsquashfs, mkfs.ext4 -d)")
             img = images.import_source(str(path), name, force=True, label=url,
-                                       extra={"download_sha256": sha})
+                                       extra={"download_sha256": sha}, progress=progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return k, img

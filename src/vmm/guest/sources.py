@@ -2,11 +2,8 @@
 
 Every source becomes a directory tree in a staging directory (a directory source is used in
 place), then an ext4 image with ``mkfs.ext4 -d`` — no loop mounts. Archives are extracted by
-vmm itself, member by member, after checking every member first: absolute names, ``..``
-components, hard links outside the tree, symbolic links whose relative target leaves the tree,
-and writing *through* a symbolic link (a member under a path that is a link) are refused, so
-nothing is ever written outside the target directory. OCI layers are applied in order with
-their whiteouts (``.wh.<name>`` deletes ``<name>``, ``.wh..wh..opq`` empties the directory).
+vmm itself after checking every member (``vmm.guest.archives``); OCI layouts and Docker
+archives are applied layer by layer with their whiteouts (``vmm.guest.oci``).
 
 Sources, as ``vmm image import SOURCE`` takes them::
 
@@ -22,24 +19,18 @@ Sources, as ``vmm image import SOURCE`` takes them::
 
 from __future__ import annotations
 
-import contextlib
-import json
-import lzma
 import os
-import posixpath
 import re
 import shutil
 import stat
-import sys
-import tarfile
 import tempfile
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vmm.errors import ValidationError, VmmError
+from vmm.guest.archives import extract_tar
+from vmm.guest.oci import apply_docker_archive, apply_oci_layout
+from vmm.guest.progress import Progress, quiet
 from vmm.runner import Runner
 from vmm.store import scratch_prefix
 
@@ -48,8 +39,6 @@ SCHEMES = ("oci", "oci-archive", "docker-archive", "docker")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tar.zst", ".tzst")
 SQUASHFS_SUFFIXES = (".squashfs", ".sqfs", ".sfs")
 DOCKER_REF_RE = re.compile(r"[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_.-]{1,128})?(@sha256:[0-9a-f]{64})?")
-WHITEOUT = ".wh."
-OPAQUE = ".wh..wh..opq"
 
 
 @dataclass(frozen=True)
@@ -143,137 +132,6 @@ def _looks_like_tar(head: bytes) -> bool:
     )
 
 
-# -- safe extraction --------------------------------------------------------------------
-
-
-def _member_path(name: str) -> str:
-    """A member's path relative to the target, or raise if it would leave the target."""
-    norm = name.replace("\\", "/")
-    if norm.startswith("/"):
-        raise ValidationError(f"archive member {name!r} has an absolute path; refusing to extract")
-    parts = [p for p in norm.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise ValidationError(f"archive member {name!r} contains '..'; refusing to extract")
-    return "/".join(parts)
-
-
-def check_members(members: list[tarfile.TarInfo]) -> None:
-    """Refuse the whole archive if any member could write outside the target."""
-    for m in members:
-        rel = _member_path(m.name)
-        base = posixpath.basename(rel)
-        if base.startswith(WHITEOUT) and base != OPAQUE and base[len(WHITEOUT):] in ("", ".", ".."):
-            raise ValidationError(
-                f"archive member {m.name!r} is a whiteout of {base[len(WHITEOUT):]!r}; refusing "
-                "to extract"
-            )
-        if m.islnk():
-            _member_path(m.linkname)
-        elif m.issym():
-            target = m.linkname
-            if not target.startswith("/"):
-                joined = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
-                if joined == ".." or joined.startswith("../"):
-                    raise ValidationError(
-                        f"archive member {m.name!r} is a link to {target!r}, outside the tree; "
-                        "refusing to extract"
-                    )
-
-
-def _no_links_above(root: Path, rel: str) -> Path:
-    """``root/rel``, after checking that no directory on the way is a symbolic link."""
-    cur = root
-    parts = rel.split("/") if rel else []
-    for part in parts[:-1]:
-        cur = cur / part
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            cur.mkdir(mode=0o755)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            raise ValidationError(
-                f"archive member {rel!r} would be written through the symbolic link "
-                f"{cur.relative_to(root)}; refusing to extract"
-            )
-        if not stat.S_ISDIR(st.st_mode):
-            cur.unlink()
-            cur.mkdir(mode=0o755)
-    return root / rel if rel else root
-
-
-def _remove(path: Path) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
-def extract_tar(path: Path, dest: Path, *, layer: bool = False) -> None:
-    """Extract a tar (gzip, xz, bzip2 or none) into ``dest``, after checking every member.
-
-    ``layer``: an OCI/Docker layer — apply whiteouts and replace what lower layers put there.
-    """
-    try:
-        with tarfile.open(str(path), mode="r:*") as tf:
-            members = tf.getmembers()
-            check_members(members)
-            dirs: list[tuple[Path, tarfile.TarInfo]] = []
-            if layer:  # opaque directories first: they hide the lower layers' contents only
-                for m in members:
-                    rel = _member_path(m.name)
-                    if posixpath.basename(rel) == OPAQUE:
-                        # join, not "+ '/x'": a top-level opaque marker has dirname "" and
-                        # must empty the target, never "/" of the host
-                        d = _no_links_above(dest, posixpath.join(posixpath.dirname(rel), "x")).parent
-                        if d != dest and dest not in d.parents:
-                            raise ValidationError(f"archive member {m.name!r} leaves the tree")
-                        if d.is_dir():
-                            for child in list(d.iterdir()):
-                                _remove(child)
-            for m in members:
-                rel = _member_path(m.name)
-                base = posixpath.basename(rel)
-                if layer and base.startswith(WHITEOUT):
-                    if base != OPAQUE:
-                        gone = posixpath.join(posixpath.dirname(rel), base[len(WHITEOUT):])
-                        _remove(_no_links_above(dest, gone))
-                    continue
-                if not rel:
-                    continue
-                target = _no_links_above(dest, rel)
-                if m.isdir():
-                    if target.exists() and not target.is_dir() or target.is_symlink():
-                        _remove(target)
-                    target.mkdir(mode=0o755, exist_ok=True)
-                    dirs.append((target, m))
-                    continue
-                _remove(target)
-                try:
-                    if m.islnk():
-                        src = _no_links_above(dest, _member_path(m.linkname))
-                        os.link(src, target)
-                        continue
-                    m.name = rel
-                    tf.extract(m, path=str(dest), set_attrs=True, numeric_owner=True)
-                except OSError as exc:  # a hard link to a missing member, a directory, itself
-                    raise ValidationError(
-                        f"cannot extract archive member {m.name!r} of {path}: "
-                        f"{exc.strerror or exc}"
-                    ) from None
-            for d, m in reversed(dirs):  # directory modes and times last (children are done)
-                with contextlib.suppress(OSError):
-                    os.chown(d, m.uid, m.gid)
-                    os.chmod(d, m.mode & 0o7777)
-                    os.utime(d, (m.mtime, m.mtime))
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:  # a cut-off archive too
-        raise ValidationError(f"cannot read archive {path}: {exc or type(exc).__name__}") from None
-
-
 # -- sources → a tree -------------------------------------------------------------------
 
 
@@ -354,110 +212,6 @@ def extract_tarball(runner: Runner, path: Path, tree: Path, temp: Path) -> None:
         path.unlink()
 
 
-def _blob(layout: Path, digest: str) -> Path:
-    algo, _, hexd = digest.partition(":")
-    if algo != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexd):
-        raise ValidationError(f"OCI layout {layout}: unsupported digest {digest!r}")
-    p = layout / "blobs" / algo / hexd
-    if not p.is_file():
-        raise ValidationError(f"OCI layout {layout}: blob {digest} is missing")
-    return p
-
-
-def _json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise ValidationError(f"cannot read {what} {path}: {type(exc).__name__}") from None
-
-
-def _objects(value: Any, what: str) -> list[dict[str, Any]]:
-    """``value`` as a list of JSON objects, or a clear error (the input is someone else's)."""
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise ValidationError(f"{what} is not a list of objects")
-    return value
-
-
-def _digest_of(desc: dict[str, Any], what: str) -> str:
-    digest = desc.get("digest")
-    if not isinstance(digest, str):
-        raise ValidationError(f"{what} has no digest")
-    return digest
-
-
-def _platform_ok(desc: dict[str, Any]) -> bool:
-    plat = desc.get("platform") or {}
-    if not isinstance(plat, dict):
-        return False
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
-    return not plat or (plat.get("os") in (None, "linux") and plat.get("architecture") in (None, arch))
-
-
-def oci_layers(layout: Path, ref: str | None) -> list[Path]:
-    """The layer blobs of the image ``ref`` (or the only/first image) in an OCI layout."""
-    if not (layout / "oci-layout").is_file() or not (layout / "index.json").is_file():
-        raise ValidationError(f"{layout} is not an OCI image layout (no oci-layout / index.json)")
-    index = _json(layout / "index.json", "OCI index")
-    if not isinstance(index, dict):
-        raise ValidationError(f"OCI index {layout / 'index.json'} is not an object")
-    manifests = _objects(index.get("manifests") or [], "the OCI index's manifests")
-    if ref is not None:
-        manifests = [
-            m for m in manifests
-            if isinstance(m.get("annotations"), dict)
-            and m["annotations"].get("org.opencontainers.image.ref.name") == ref
-        ]
-        if not manifests:
-            raise ValidationError(f"OCI layout {layout} has no image named {ref!r}")
-    for _depth in range(4):
-        candidates = [m for m in manifests if _platform_ok(m)]
-        if not candidates:
-            raise ValidationError(f"OCI layout {layout} has no image for this platform")
-        desc = candidates[0]
-        doc = _json(_blob(layout, _digest_of(desc, "an OCI manifest entry")), "OCI manifest")
-        if not isinstance(doc, dict):
-            raise ValidationError(f"an OCI manifest in {layout} is not an object")
-        if "layers" in doc:
-            layers = _objects(doc["layers"], "an OCI manifest's layers")
-            return [_blob(layout, _digest_of(layer, "an OCI layer")) for layer in layers]
-        manifests = _objects(doc.get("manifests") or [], "an OCI index's manifests")
-    raise ValidationError(f"OCI layout {layout}: nested indexes too deep")
-
-
-def apply_layers(layers: list[Path], tree: Path) -> None:
-    for layer in layers:
-        extract_tar(layer, tree, layer=True)
-
-
-def apply_oci_layout(layout: Path, ref: str | None, tree: Path) -> None:
-    apply_layers(oci_layers(layout, ref), tree)
-
-
-def apply_docker_archive(archive: Path, tree: Path) -> None:
-    """``docker save`` output: manifest.json lists each image's layer tars in order."""
-    manifest = archive / "manifest.json"
-    if not manifest.is_file():
-        if (archive / "oci-layout").is_file():
-            apply_oci_layout(archive, None, tree)
-            return
-        raise ValidationError("not a docker-archive (no manifest.json): make it with 'docker save'")
-    entries = _json(manifest, "docker-archive manifest")
-    if not isinstance(entries, list) or not entries:
-        raise ValidationError("docker-archive manifest.json lists no image")
-    if not isinstance(entries[0], dict):
-        raise ValidationError("docker-archive manifest.json: the image entry is not an object")
-    names = entries[0].get("Layers") or []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValidationError("docker-archive manifest.json: Layers is not a list of file names")
-    layers = []
-    for name in names:
-        p = archive / _member_path(name)
-        if not p.is_file():
-            raise ValidationError(f"docker-archive: layer {name} is missing")
-        layers.append(p)
-    apply_layers(layers, tree)
-
-
 def export_from_daemon(runner: Runner, ref: str, tree: Path, temp: Path) -> None:
     """A container's filesystem from the local Docker daemon (create, export, remove)."""
     hint = "start the Docker daemon, or save the image elsewhere ('docker save IMAGE -o FILE') and use docker-archive:FILE"
@@ -474,6 +228,7 @@ def export_from_daemon(runner: Runner, ref: str, tree: Path, temp: Path) -> None
         out.unlink()
     finally:
         runner.run(["docker", "rm", "-f", cid], check=False, timeout=60)
+
 
 
 # -- checks and sizing ------------------------------------------------------------------
@@ -498,7 +253,7 @@ def prepare_if_needed(
     staged: Staged,
     scratch: Path,
     *,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = quiet,
 ) -> Staged:
     """A Debian/Ubuntu tree lacking systemd or sshd, prepared for vmm (``vmm.guest.prepare``).
 
@@ -511,32 +266,27 @@ def prepare_if_needed(
     missing = missing_guest_parts(staged.tree)
     if not missing or not prepare.is_debian_like(staged.tree):
         return staged
-    say = progress or _stderr
-    say(f"{prepare.distro_name(staged.tree)} tree lacks {' and '.join(missing)}: preparing it "
-        "for vmm (--as-is skips this)")
+    progress(f"{prepare.distro_name(staged.tree)} tree lacks {' and '.join(missing)}: preparing "
+             "it for vmm (--as-is skips this)")
     result = staged
     if staged.temp is None:
         scratch.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=scratch_prefix("import"), dir=scratch))
         result = Staged(temp / "rootfs", temp)
         try:
-            say(f"copying {staged.tree}")
+            progress(f"copying {staged.tree}")
             result.tree.mkdir()
             runner.run(["cp", "-a", "--", f"{staged.tree}/.", str(result.tree)], timeout=3600)
         except BaseException:
             result.cleanup()
             raise
     try:
-        prepare.prepare_imported(runner, result.tree, progress=say)
+        prepare.prepare_imported(runner, result.tree, progress=progress)
     except BaseException:
         if result is not staged:
             result.cleanup()
         raise
     return result
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def tree_bytes(tree: Path) -> tuple[int, int]:

@@ -270,11 +270,28 @@ class Store:
         )
 
     def names(self) -> list[str]:
+        """VMs: ``vms/<name>.json``."""
         try:
             entries = os.listdir(self.vms_dir)
         except FileNotFoundError:
             return []
         return sorted(e[:-5] for e in entries if e.endswith(".json") and not e.startswith("."))
+
+    def image_names(self) -> list[str]:
+        """Images: ``images/<name>.ext4`` (with an optional ``<name>.json`` beside it)."""
+        try:
+            entries = os.listdir(self.images_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(e[:-5] for e in entries if e.endswith(".ext4") and not e.startswith("."))
+
+    def kernel_names(self) -> list[str]:
+        """Kernels: ``images/kernels/<name>`` (no dot: ``<name>.initrd``/``.json`` go with it)."""
+        try:
+            entries = os.listdir(self.kernels_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(e for e in entries if "." not in e and (self.kernels_dir / e).is_file())
 
     def load_all(self) -> tuple[list[VM], list[RecordProblem]]:
         """Every readable record, plus one problem per record that could not be read."""

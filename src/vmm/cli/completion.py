@@ -7,8 +7,6 @@ parsed, no manager imported), so a Tab press costs one short Python start-up.
 
 from __future__ import annotations
 
-import os
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,30 +26,13 @@ VERBS = {
 }
 
 
-def _listdir(path: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except OSError:
-        return []
-
-
 def names(kind: str, data_dir: Path) -> list[str]:
     """VM, image or kernel names (or the visible commands) for completion."""
-    if kind == "vms":
-        return [
-            e[:-5]
-            for e in _listdir(data_dir / "vms")
-            if e.endswith(".json") and not e.startswith(".")
-        ]
-    if kind == "images":
-        return [
-            e[:-5]
-            for e in _listdir(data_dir / "images")
-            if e.endswith(".ext4") and not e.startswith(".")
-        ]
-    if kind == "kernels":
-        kdir = data_dir / "images" / "kernels"
-        return [e for e in _listdir(kdir) if "." not in e and (kdir / e).is_file()]
+    if kind in ("vms", "images", "kernels"):
+        from vmm.store import Store
+
+        store = Store(data_dir)
+        return {"vms": store.names, "images": store.image_names, "kernels": store.kernel_names}[kind]()
     if kind == "commands":
         from vmm.cli.parser import COMMAND_MODULES
 

@@ -99,6 +99,6 @@ class Probes:
         )
 
     def listening(self, path: Path) -> bool:
-        from vmm.engines.firecracker.engine import socket_is_live
+        from vmm.host.process import socket_is_live
 
         return socket_is_live(path)

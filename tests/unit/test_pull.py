@@ -141,3 +141,59 @@ def test_shipped_recipe_files_exist() -> None:
     text = kernelbuild.config_text()
     assert "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y" in text
     assert text.index("microvm-kernel-ci") < text.index("vmm-guest.fragment")
+
+
+FAKE_MAKEFILE = """\
+vmlinux:
+\t@echo "make[1]: Entering directory '$(O)'"
+\t@echo "  CC      init/main.o"
+\t@echo "  CC      drivers/acpi/acpica/uterror.o"
+\t@echo "  AR      init/built-in.a"
+\t@echo "  HOSTCC  scripts/kallsyms.o"
+\t@printf '\\177ELF' > $(O)/vmlinux
+broken:
+\t@echo "  CC      kernel/fork.o"
+\t@echo "kernel/fork.c:1:2: error: expected ';'" >&2
+\t@exit 2
+"""
+
+
+def test_compile_streams_makes_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """make's lines reach ``output`` as they come; objects are counted from them (a file named
+    like "uterror.o" is no error); the status line names the object; a failure its errors."""
+    from vmm.runner import Runner
+
+    src, build = tmp_path / "src", tmp_path / "build"
+    src.mkdir()
+    build.mkdir()
+    (src / "Makefile").write_text(FAKE_MAKEFILE)
+    output: list[str] = []
+    status: list[str] = []
+    lines: list[str] = []
+    monkeypatch.setattr(kernelbuild, "STATUS_EVERY", 0.0)
+    vmlinux = kernelbuild.compile_vmlinux(Runner(), src, build, 1, lines.append,
+                                          status=status.append, output=output.append)
+    assert vmlinux == build / "vmlinux"
+    assert "  CC      init/main.o" in output and "  AR      init/built-in.a" in output
+    assert len(status) == 3 and status[-1].startswith("make vmlinux: 3 objects, ")
+    assert status[-1].endswith(": scripts/kallsyms.o")
+    assert lines[0] == "make -j1 vmlinux (about 10 minutes on 2 cores)"
+    assert lines[-1].startswith("built vmlinux in ") and lines[-1].endswith("(3 objects)")
+    monkeypatch.setattr(kernelbuild, "PROGRESS_EVERY", 0.0)
+    lines.clear()
+    kernelbuild.compile_vmlinux(Runner(), src, build, 1, lines.append)  # no status: progress
+    assert [ln.split(" s")[0].rsplit(", ", 1)[0] for ln in lines[1:4]] == [
+        f"make vmlinux: {n} objects" for n in (1, 2, 3)]
+    (src / "Makefile").write_text(FAKE_MAKEFILE.replace("vmlinux:", "vmlinux: broken", 1))
+    with pytest.raises(VmmError, match=r"make vmlinux failed: kernel/fork.c:1:2: error: expected"):
+        kernelbuild.compile_vmlinux(Runner(), src, build, 1)
+
+
+def test_download_status_goes_to_its_callback(server: tuple[str, dict[str, bytes]],
+                                              tmp_path: Path) -> None:
+    base, files = server
+    files["/bucket/blob"] = b"x" * (3 * pull.CHUNK)
+    lines: list[str] = []
+    status: list[str] = []
+    pull.download(f"{base}/blob", tmp_path / "blob", progress=lines.append, status=status.append)
+    assert lines == [lines[-1]] and lines[-1].endswith(", done")  # only the total

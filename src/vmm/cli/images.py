@@ -287,35 +287,21 @@ def cmd_kernel_import(args: argparse.Namespace) -> int:
 
 def cmd_kernel_build(args: argparse.Namespace) -> int:
     require_root()
-    import tempfile
     from pathlib import Path
-
-    from vmm.errors import ConflictError
-    from vmm.guest import kernelbuild
-    from vmm.models import validate_name
-    from vmm.runner import Runner
 
     m = manager()
     m.store.ensure_dirs()
-    validate_name(args.name, "kernel")
-    if (m.kernels.dir / args.name).exists() and not args.force:
-        raise ConflictError(f"kernel {args.name!r} already exists", hint="use -f to replace it")
-    with tempfile.TemporaryDirectory(prefix=f".build-{args.name}-", dir=m.kernels.dir) as tmp:
-        out = Path(tmp) / "out"
-        facts = kernelbuild.build(
-            Runner(), args.version, out,
-            source=Path(args.source) if args.source else None,
-            fragments=[Path(f) for f in args.config_fragment], jobs=args.jobs,
-            work_parent=Path(tmp), progress=_Progress(),
+    progress = _Progress()
+    try:
+        k, config, release = m.kernels.build(
+            args.name, args.version, source=Path(args.source) if args.source else None,
+            fragments=[Path(f) for f in args.config_fragment], jobs=args.jobs, force=args.force,
+            progress=progress, status=progress.status,
         )
-        k = m.kernels.import_kernel(
-            out / "vmlinux", args.name, force=args.force,
-            extra={"source": f"build:{facts['source']}", "format": "elf/built",
-                   "fragments": [str(Path(f).resolve()) for f in args.config_fragment]},
-        )
-        (m.kernels.dir / f"{args.name}.config").write_text((out / "kernel.config").read_text())
-    print(f"Built kernel {k.name} ({k.meta.get('version') or facts.get('release')}, "
-          f"{human_size(k.path.stat().st_size)}); config: {m.kernels.dir / (args.name + '.config')}")
+    finally:
+        progress.clear()
+    print(f"Built kernel {k.name} ({k.meta.get('version') or release}, "
+          f"{human_size(k.path.stat().st_size)}); config: {config}")
     return 0
 
 

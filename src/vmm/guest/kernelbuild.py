@@ -14,17 +14,16 @@ never written to.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from vmm.errors import ValidationError, VmmError
+from vmm.errors import CommandError, ValidationError, VmmError
+from vmm.guest.progress import Progress, quiet
 from vmm.runner import Runner
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -47,12 +46,8 @@ KERNEL_ORG = "https://cdn.kernel.org/pub/linux/kernel/v{major}.x/linux-{version}
 BUILD_ENV = ("KBUILD_BUILD_USER=vmm", "KBUILD_BUILD_HOST=vmm")
 SET_RE = re.compile(r"(CONFIG_[A-Za-z0-9_]+)=(.*)")
 UNSET_RE = re.compile(r"# (CONFIG_[A-Za-z0-9_]+) is not set")
-
-Progress = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+COMPILED = ("CC", "AS", "HOSTCC")  # kbuild's tags for a line that built an object file
+STATUS_EVERY, PROGRESS_EVERY = 0.5, 15.0  # seconds between make vmlinux's status/progress lines
 
 
 # -- config --------------------------------------------------------------------------------
@@ -145,14 +140,16 @@ def default_source(runner: Runner, version: str, progress: Progress) -> Path | N
     return None
 
 
-def download_source(version: str, work: Path, progress: Progress) -> Path:
+def download_source(
+    version: str, work: Path, progress: Progress, status: Progress | None = None
+) -> Path:
     """The release tarball from kernel.org; a clear error (pass --source) when unreachable."""
     from vmm.guest import pull
 
     url = KERNEL_ORG.format(major=version.split(".")[0], version=version)
     dest = work / url.rsplit("/", 1)[1]
     try:
-        pull.download(url, dest, progress=progress, timeout=10)
+        pull.download(url, dest, progress=progress, timeout=10, status=status)
     except VmmError as exc:
         raise VmmError(
             f"no local source for Linux {version}, and {url} cannot be downloaded ({exc.brief})",
@@ -176,7 +173,7 @@ def unpack(runner: Runner, tarball: Path, dest: Path, progress: Progress) -> Pat
 
 def configure(
     runner: Runner, src: Path, build: Path, fragments: Sequence[Path] = (),
-    progress: Progress = _stderr,
+    progress: Progress = quiet,
 ) -> str:
     """Write build/.config, ``make olddefconfig``, check it; returns the final config."""
     build.mkdir(parents=True, exist_ok=True)
@@ -201,33 +198,58 @@ def configure(
     return config
 
 
-def compile_vmlinux(
-    runner: Runner, src: Path, build: Path, jobs: int, progress: Progress = _stderr
-) -> Path:
-    """``make vmlinux``, with a progress line (objects built, elapsed) every 15 s."""
-    done = threading.Event()
-    start = time.monotonic()
+def compiled_object(line: str) -> str | None:
+    """The object file a line of make's output reports built (``  CC      kernel/fork.o``)."""
+    parts = line.split()
+    if len(parts) == 2 and parts[0] in COMPILED and parts[1].endswith(".o"):
+        return parts[1]
+    return None
 
-    def report() -> None:
-        while not done.wait(15):
-            objs = sum(1 for _ in build.rglob("*.o"))
-            progress(f"make vmlinux: {objs} objects, {time.monotonic() - start:.0f} s")
+
+def compile_vmlinux(
+    runner: Runner, src: Path, build: Path, jobs: int, progress: Progress = quiet,
+    *, status: Progress | None = None, output: Progress | None = None,
+) -> Path:
+    """``make vmlinux``, its output read as it comes.
+
+    Objects built so far, elapsed time and the file make is on go to ``status`` at most every
+    ``STATUS_EVERY`` s when given (a terminal's status line), else to ``progress`` every
+    ``PROGRESS_EVERY`` s; every line of make's output goes to ``output`` when given (a log)."""
+    start = last = time.monotonic()
+    objects = 0
+    errors: list[str] = []
+
+    def on_line(line: str) -> None:
+        nonlocal objects, last
+        if output is not None:
+            output(line)
+        built = compiled_object(line)
+        if built is None:  # "  CC  .../uterror.o" is no error; "x.c:1:2: error: ..." is
+            if "error" in line.lower() and len(errors) < 5:
+                errors.append(line.strip())
+            return
+        objects += 1
+        now = time.monotonic()
+        if now - last >= (STATUS_EVERY if status else PROGRESS_EVERY):
+            last = now
+            summary = f"make vmlinux: {objects} objects, {now - start:.0f} s"
+            if status is not None:
+                status(f"{summary}: {built}")
+            else:
+                progress(summary)
 
     progress(f"make -j{jobs} vmlinux (about 10 minutes on 2 cores)")
-    thread = threading.Thread(target=report, daemon=True)
-    thread.start()
     try:
-        result = runner.run(["env", *BUILD_ENV, "make", "-C", str(src), f"O={build}",
-                             f"-j{jobs}", "vmlinux"], check=False, timeout=4 * 3600)
-    finally:
-        done.set()
-    if result.returncode != 0:
-        errs = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()][:5]
-        raise VmmError("make vmlinux failed: " + (" | ".join(errs) or result.stderr[-500:]))
+        runner.stream(["env", *BUILD_ENV, "make", "-C", str(src), f"O={build}", f"-j{jobs}",
+                       "vmlinux"], on_line, timeout=4 * 3600, tail_lines=40)
+    except CommandError as exc:
+        if exc.returncode is None:  # timed out
+            raise
+        raise VmmError("make vmlinux failed: " + (" | ".join(errors) or exc.stderr[-500:])) from None
     vmlinux = build / "vmlinux"
     if vmlinux.read_bytes()[:4] != b"\x7fELF":
         raise VmmError(f"{vmlinux} is not an ELF file")
-    progress(f"built vmlinux in {time.monotonic() - start:.0f} s")
+    progress(f"built vmlinux in {time.monotonic() - start:.0f} s ({objects} objects)")
     return vmlinux
 
 
@@ -240,10 +262,14 @@ def build(
     fragments: Sequence[Path] = (),
     jobs: int | None = None,
     work_parent: Path | None = None,
-    progress: Progress = _stderr,
+    progress: Progress = quiet,
+    status: Progress | None = None,
+    output: Progress | None = None,
     compile: bool = True,
 ) -> dict[str, str]:
-    """Build into ``out`` (vmlinux, kernel.config, kernelrelease); returns facts for metadata."""
+    """Build into ``out`` (vmlinux, kernel.config, kernelrelease); returns facts for metadata.
+
+    ``status`` and ``output``: see ``compile_vmlinux``."""
     import os
 
     if version not in VERSIONS:
@@ -260,7 +286,7 @@ def build(
     work = Path(tempfile.mkdtemp(prefix=".kbuild-", dir=work_parent)).resolve()
     try:
         if source is None:  # not available locally: kernel.org, if it can be reached
-            source = download_source(version, work, progress)
+            source = download_source(version, work, progress, status)
         src = source.resolve() if source.is_dir() else unpack(runner, source, work, progress)
         check_tree(src, version)
         bdir = work / "build"
@@ -269,7 +295,8 @@ def build(
         (out / "kernel.config").write_text(config)
         if not compile:
             return {"source": str(source)}
-        vmlinux = compile_vmlinux(runner, src, bdir, jobs, progress)
+        vmlinux = compile_vmlinux(runner, src, bdir, jobs, progress, status=status,
+                                  output=output)
         release = runner.run(["make", "-s", "-C", str(src), f"O={bdir}", "kernelrelease"]).stdout.strip()
         shutil.copyfile(vmlinux, out / "vmlinux")
         (out / "kernelrelease").write_text(release + "\n")
@@ -278,34 +305,7 @@ def build(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python3 -m vmm.guest.kernelbuild build --version V --out DIR [--source S] [-j N]``."""
-    import argparse
+if __name__ == "__main__":  # scripts/build-test-guest.sh; the printing is in vmm.guest.buildmain
+    from vmm.guest.buildmain import kernelbuild_main
 
-    p = argparse.ArgumentParser(prog="python3 -m vmm.guest.kernelbuild")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build vmlinux, kernel.config, kernelrelease into --out")
-    b.add_argument("--version", default="6.1", choices=VERSIONS)
-    b.add_argument("--out", type=Path, required=True)
-    b.add_argument("--source", type=Path)
-    b.add_argument("--config-fragment", type=Path, action="append", default=[])
-    b.add_argument("-j", "--jobs", type=int)
-    sub.add_parser("recipe", help="print the recipe's inputs (for cache keys)")
-    args = p.parse_args(argv)
-    if args.cmd == "recipe":
-        print("\n".join(REQUIRED))
-        print(config_text())
-        return 0
-    try:
-        with contextlib.suppress(FileExistsError):
-            args.out.mkdir(parents=True)
-        build(Runner(), args.version, args.out, source=args.source,
-              fragments=args.config_fragment, jobs=args.jobs, work_parent=args.out.parent)
-    except VmmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(kernelbuild_main())

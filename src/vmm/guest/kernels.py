@@ -24,6 +24,7 @@ from typing import Any
 
 from vmm import faults
 from vmm.errors import ConflictError, NotFoundError, ValidationError
+from vmm.guest.progress import Progress, quiet
 from vmm.models import validate_name
 from vmm.runner import Runner
 from vmm.store import Store, scratch_name, write_atomic
@@ -276,6 +277,45 @@ class KernelRegistry:
         }
         write_atomic(self._meta_path(name), (json.dumps(meta, indent=2) + "\n").encode())
         return self.get(name)
+
+    def build(
+        self,
+        name: str,
+        version: str,
+        *,
+        source: Path | None = None,
+        fragments: Sequence[Path] = (),
+        jobs: int | None = None,
+        force: bool = False,
+        runner: Runner | None = None,
+        progress: Progress = quiet,
+        status: Progress | None = None,
+    ) -> tuple[Kernel, Path, str | None]:
+        """``vmm kernel build``: ``vmm.guest.kernelbuild`` in a temp dir here, the result
+        imported as ``name`` with its config beside it. The kernel, the config's path and the
+        built kernelrelease."""
+        import tempfile
+
+        from vmm.guest import kernelbuild
+
+        validate_name(name, "kernel")
+        if (self.dir / name).exists() and not force:
+            raise ConflictError(f"kernel {name!r} already exists", hint="use -f to replace it")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config = self.dir / f"{name}.config"
+        with tempfile.TemporaryDirectory(prefix=f".build-{name}-", dir=self.dir) as tmp:
+            out = Path(tmp) / "out"
+            facts = kernelbuild.build(
+                runner or Runner(), version, out, source=source, fragments=fragments, jobs=jobs,
+                work_parent=Path(tmp), progress=progress, status=status,
+            )
+            kernel = self.import_kernel(
+                out / "vmlinux", name, force=force,
+                extra={"source": f"build:{facts['source']}", "format": "elf/built",
+                       "fragments": [str(f.resolve()) for f in fragments]},
+            )
+            config.write_text((out / "kernel.config").read_text())
+        return kernel, config, facts.get("release")
 
     def details(self, kernel: Kernel) -> dict[str, Any]:
         """version, arch, pvh: from the metadata, or read from the file (older imports)."""

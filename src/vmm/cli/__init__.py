@@ -37,7 +37,34 @@ def _fast_list_args(argv: list[str]) -> Namespace | None:
     from vmm.cli.vms import cmd_list
 
     flags = {_LIST_FLAGS[a] for a in argv[1:]}
-    return Namespace(handler=cmd_list, all="all" in flags, json="json" in flags, debug=False)
+    return Namespace(handler=cmd_list, all="all" in flags, json="json" in flags, debug=False, read_only=True)
+
+
+def _fast_lifecycle_args(argv: list[str]) -> Namespace | None:
+    """``vmm start NAME [--no-wait] [--timeout S]`` and ``vmm stop NAME [--timeout S]`` in their
+    plain forms, without argparse (~6 ms of a start's CPU, times 50 VMs started at once).
+    Anything else — help, an unknown option, a bad number — goes to the full parser, which
+    gives the usual messages."""
+    if len(argv) < 2 or argv[0] not in ("start", "stop") or argv[1].startswith("-"):
+        return None
+    command, name, rest = argv[0], argv[1], argv[2:]
+    wait, timeout = True, 180.0 if command == "start" else 30.0
+    while rest:
+        opt = rest.pop(0)
+        if opt == "--no-wait" and command == "start":
+            wait = False
+        elif opt == "--timeout" and rest:
+            try:
+                timeout = float(rest.pop(0))
+            except ValueError:
+                return None
+        else:
+            return None
+    from vmm.cli import vms
+
+    if command == "stop":
+        return Namespace(handler=vms.cmd_stop, name=name, timeout=timeout, debug=False)
+    return Namespace(handler=vms.cmd_start, name=name, wait=wait, timeout=timeout, debug=False)
 
 
 class Terminated(KeyboardInterrupt):
@@ -75,7 +102,7 @@ class Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args: Any = _fast_list_args(argv)
+    args: Any = _fast_list_args(argv) or _fast_lifecycle_args(argv)
     if args is None:
         from vmm.cli.parser import build_parser
 
@@ -92,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         build_parser().print_help(sys.stderr)
         return 2
-    if not isinstance(args, Namespace):  # the read-only fast path needs no cleanup on signals
+    if not getattr(args, "read_only", False):  # list needs no cleanup on signals
         _handle_signals()
     try:
         rc = handler(args)

@@ -223,10 +223,14 @@ def remove(runner: Runner) -> None:
 
 
 def table_exists(runner: Runner) -> bool:
-    out = runner.run(["nft", "-j", "list", "tables", FAMILY], hint=_NFT_HINT).stdout
+    return has_vmm_table(runner.run(["nft", "-j", "list", "tables", FAMILY], hint=_NFT_HINT).stdout)
+
+
+def has_vmm_table(text: str) -> bool:
+    """Whether ``nft -j list tables ip`` output lists vmm's table. Pure."""
     return any(
         isinstance(item.get("table"), dict) and item["table"].get("name") == TABLE
-        for item in _nft_items(out)
+        for item in _nft_items(text)
     )
 
 

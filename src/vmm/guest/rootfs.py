@@ -27,11 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Where a guest's systemd-networkd unit may be: with one there, vmm writes a .network file for
-# it; without, vmm's own unit configures eth0.
-NETWORKD_UNITS = ("/usr/lib/systemd/system/systemd-networkd.service", customize.NETWORKD_UNIT)
-
-
 class RootDisks:
     def __init__(self, config: Config, store: Store, runner: Runner, images: ImageRegistry):
         self.config = config
@@ -54,16 +49,17 @@ class RootDisks:
             # The guest stopped uncleanly (killed, SIGTERM, host crash): its journal is replayed
             # before vmm's edits below, never after them.
             log.warning("note: VM %s was not shut down cleanly: its disk's journal was replayed", vm.name)
-        networkd = any(ext4.path_exists(self.runner, rootfs, p) for p in NETWORKD_UNITS)
+        # One debugfs session looks up everything the write below needs to know.
+        known = ext4.existing(self.runner, rootfs, customize.every_boot_probes())
         files = customize.every_boot_files(
             mac=vm.mac,
             ip=vm.ip,
             subnet=self.config.subnet,
             gateway=self.config.gateway,
             dns=vm.dns_servers,
-            networkd_present=networkd,
+            networkd_present=customize.networkd_present(known),
         )
-        ext4.write_files(self.runner, rootfs, files)
+        ext4.write_files(self.runner, rootfs, files, known=known)
         if vm.mounts:
             from vmm.guest import mounts as guest_mounts
 

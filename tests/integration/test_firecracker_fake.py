@@ -27,7 +27,7 @@ if str(FAKES) not in sys.path:
 import fc_harness  # noqa: E402
 import fc_spec  # noqa: E402
 
-from vmm.engines.firecracker.api import FirecrackerApi, _UnixHTTPConnection  # noqa: E402
+from vmm.engines.firecracker.api import FirecrackerApi, exchange  # noqa: E402
 from vmm.errors import ApiError  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -45,14 +45,8 @@ class Fake:
 
     def raw(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
         """A request exactly as given (the client refuses empty PUTs, Firecracker must too)."""
-        conn = _UnixHTTPConnection(str(self.sock), 5.0)
-        try:
-            conn.request(method, path, body=body)
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        return resp.status, (json.loads(data) if data else None)
+        status, data = exchange(self.sock, method, path, body, timeout=5.0, content_type=None)
+        return status, (json.loads(data) if data else None)
 
     def fault(self, method: str, path: str, body: Any) -> str:
         with pytest.raises(ApiError) as info:

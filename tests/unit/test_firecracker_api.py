@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
 import socket
 import socketserver
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from vmm.engines.firecracker.api import ApiUnreachable, FirecrackerApi
+from vmm.engines.firecracker.api import (
+    ApiUnreachable,
+    BadResponse,
+    FirecrackerApi,
+    exchange,
+    read_response,
+)
 from vmm.engines.firecracker.bodies import instance_start_request
 from vmm.errors import ApiError, EngineError
 
@@ -176,3 +187,131 @@ def test_silent_server_times_out(sock_dir: Path) -> None:
         assert not api.is_ready(timeout=0.2)
     finally:
         listener.close()
+
+
+# -- the HTTP/1.1 reader itself ---------------------------------------------------------------
+
+
+def feeder(data: bytes, step: int = 1 << 20) -> Callable[[int], bytes]:
+    """``socket.recv`` over canned bytes, at most ``step`` bytes a call (then b"": closed)."""
+    view = io.BytesIO(data)
+    return lambda n: view.read(min(n, step))
+
+
+@pytest.mark.parametrize("step", [1, 3, 1 << 20])
+def test_responses_are_read_however_they_are_split(step: int) -> None:
+    ok = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}'
+    assert read_response(feeder(ok + b"trailing junk", step)) == (200, b'{"a":1}')
+    no_content = b"HTTP/1.1 204 No Content\r\nServer: Firecracker API\r\n\r\n"
+    assert read_response(feeder(no_content, step)) == (204, b"")
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + ok
+    assert read_response(feeder(interim, step)) == (200, b'{"a":1}')
+    until_close = b"HTTP/1.0 400 Bad Request\r\n\r\nno length: to the end"
+    assert read_response(feeder(until_close, step)) == (400, b"no length: to the end")
+    assert read_response(feeder(b"HTTP/1.1 200 OK\r\ncontent-length:  0 \r\n\r\n", step)) == (200, b"")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "Remote end closed connection without response"),
+        (b"HTTP/1.1 200 OK\r\nContent-Le", "in the middle of the response headers"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345", "IncompleteRead(5 bytes read, 5 more"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "bad status line"),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "bad status line"),
+        (b"HTTP/1.1 20x OK\r\n\r\n", "bad status line"),
+        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "bad header line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "bad Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "bad Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n", "longer than"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n", "Transfer-Encoding"),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70000, "headers longer than"),
+    ],
+)
+def test_unreadable_responses(raw: bytes, message: str) -> None:
+    with pytest.raises(BadResponse, match=re.escape(message)):
+        read_response(feeder(raw))
+
+
+@settings(max_examples=int(os.environ.get("VMM_FUZZ_EXAMPLES") or 200), deadline=None, database=None)
+@given(
+    st.binary(max_size=300)
+    | st.tuples(
+        st.sampled_from([b"HTTP/1.1 ", b"HTTP/1.0 "]),
+        st.sampled_from([b"100", b"200", b"204", b"400", b"99"]),
+        st.lists(
+            st.sampled_from([b"Content-Length: 3", b"content-length:0", b"Content-Length: x",
+                             b"Transfer-Encoding: identity", b"X-Y: z", b"bad"]),
+            max_size=3,
+        ),
+        st.binary(max_size=20),
+    ).map(lambda t: t[0] + t[1] + b" R\r\n" + b"".join(h + b"\r\n" for h in t[2]) + b"\r\n" + t[3]),
+    st.integers(min_value=1, max_value=64),
+)
+@example(b"HTTP/1.1 200 OK\r\nContent-Length: \xd9\xa1\r\n\r\n", 64)  # a non-ASCII digit
+def test_any_answer_is_a_response_or_bad_response(raw: bytes, step: int) -> None:
+    try:
+        status, body = read_response(feeder(raw, step))
+    except BadResponse:
+        return
+    assert 100 <= status <= 999 and isinstance(body, bytes)
+
+
+def test_what_goes_on_the_wire(sock_dir: Path) -> None:
+    path = sock_dir / "raw.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _addr = listener.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data or (b"PUT" in data and not data.endswith(b"}")):
+                    data += conn.recv(4096)
+                seen.append(data)
+                conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        api = FirecrackerApi(path, timeout=2.0)
+        api.send(instance_start_request())
+        assert api.request("GET", "/", timeout=2.0) is None
+    finally:
+        thread.join(5)
+        listener.close()
+    body = b'{"action_type": "InstanceStart"}'
+    assert seen == [
+        b"PUT /actions HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\r\n",
+    ]
+
+
+def test_a_peer_that_hangs_up_is_unreachable(sock_dir: Path) -> None:
+    path = sock_dir / "rude.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+
+    def hang_up() -> None:
+        conn, _addr = listener.accept()
+        conn.recv(4096)
+        conn.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ApiUnreachable, match="did not answer PUT /actions: Remote end closed"):
+            FirecrackerApi(path, timeout=2.0).send(instance_start_request())
+    finally:
+        thread.join(5)
+        listener.close()
+
+
+def test_request_paths_cannot_smuggle_lines(sock_dir: Path) -> None:
+    with pytest.raises(ValueError, match="invalid request path"):
+        exchange(sock_dir / "x.sock", "GET", "/ HTTP/1.1\r\nX: y", timeout=1.0)

@@ -183,8 +183,15 @@ def test_write_failure_is_reported(tmp_path: Path) -> None:
     runner = Runner()
     img = make_image(tmp_path, size_mb=8)
     big = ext4.GuestFile("/big", b"x" * (16 * 1024 * 1024))
+    ours = f"vmm-debugfs-{os.getpid()}-*"  # the files debugfs reads: gone, failure or not
+    tmp = Path(os.environ.get("TMPDIR") or "/tmp")
     with pytest.raises(Exception, match="could not write"):
         ext4.write_files(runner, img, [big])
+    assert list(tmp.glob(ours)) == []
+    other = tmp_path / "other"
+    other.mkdir()
+    ext4.write_files(runner, make_image(other, size_mb=8), [ext4.GuestFile("/small", b"s")])
+    assert list(tmp.glob(ours)) == []
 
 
 def test_is_ext4(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ import contextlib
 import os
 import posixpath
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -343,6 +342,22 @@ def paths_to_check(files: Iterable[GuestFile]) -> list[str]:
     return sorted({d for f in files for d in _parents(f.path)} | {f.path for f in files})
 
 
+@contextlib.contextmanager
+def _scratch_dir(prefix: str) -> Iterator[str]:
+    """A new private directory under $TMPDIR (or /tmp), named with the pid, removed afterwards:
+    ``tempfile.TemporaryDirectory`` without importing ``tempfile`` (and ``random``) at every
+    start."""
+    base = os.environ.get("TMPDIR") or "/tmp"
+    path = os.path.join(base, f"{prefix}-{os.getpid()}-{os.urandom(8).hex()}")
+    os.mkdir(path, 0o700)  # fails if the name exists: never a directory someone else made
+    try:
+        yield path
+    finally:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def write_files(
     runner: Runner, image: Path, files: list[GuestFile], *, known: Existing | None = None
 ) -> None:
@@ -361,7 +376,7 @@ def write_files(
         candidates = [p for p in candidates if p not in known.checked]
     if candidates:
         present |= existing(runner, image, candidates)
-    with tempfile.TemporaryDirectory(prefix="vmm-debugfs-") as tmp:
+    with _scratch_dir("vmm-debugfs") as tmp:
         names = []
         for i, f in enumerate(files):
             local = os.path.join(tmp, f"f{i}")

@@ -191,6 +191,7 @@ def test_what_the_engine_serves(vm_dir: Path) -> None:
     assert e.sockets(paths) == (paths.api_socket, paths.console_socket)
     assert e.console_socket(paths) == paths.console_socket
     assert registry.info("qemu").can(registry.CONSOLE)  # the registry says the same
+    assert registry.info("qemu").display_name == "QEMU"
     e.check_paths(paths)
     long = paths.replace(console_socket=vm_dir / ("c" * 110))
     with pytest.raises(ValidationError, match="console socket path is too long"):

@@ -19,13 +19,16 @@ if TYPE_CHECKING:
     from vmm.engines.base import Engine
 
 # Capabilities
-TCG = "tcg"  # can emulate the CPU where KVM is missing (the accel setting applies)
-CONSOLE = "console"  # a serial console socket to attach to (vmm console)
+TCG = "tcg"  # can emulate the CPU where KVM is missing (the accel setting applies, and
+# what a VM runs with is worth showing: "qemu/tcg"); without it the engine runs on KVM only
+CONSOLE = "console"  # a serial console socket to attach to (vmm console): the engine's
+# console_socket(paths) is not None (tests/unit/test_*_engine.py check the two agree)
 NEEDS_KVM = "needs-kvm"
 
 
 class EngineInfo(FrozenRecord):
     name: str
+    display_name: str  # how prose names it ("QEMU guests run under TCG")
     binary_setting: str  # the config key naming its binary
     capabilities: frozenset[str]
     factory: Callable[[Config], Engine]
@@ -47,8 +50,10 @@ def _qemu(cfg: Config) -> Engine:
 
 
 ENGINES: dict[str, EngineInfo] = {
-    "firecracker": EngineInfo("firecracker", "firecracker_bin", frozenset({NEEDS_KVM}), _firecracker),
-    "qemu": EngineInfo("qemu", "qemu_bin", frozenset({TCG, CONSOLE}), _qemu),
+    "firecracker": EngineInfo(
+        "firecracker", "Firecracker", "firecracker_bin", frozenset({NEEDS_KVM}), _firecracker
+    ),
+    "qemu": EngineInfo("qemu", "QEMU", "qemu_bin", frozenset({TCG, CONSOLE}), _qemu),
 }
 
 

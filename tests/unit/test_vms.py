@@ -108,7 +108,7 @@ class FakeNetwork:
     def teardown_if_unused(self) -> None:
         self.calls.append(("teardown", None))
 
-    def check_unchanged(self) -> None:
+    def check_unchanged(self, vms: Any = None) -> None:
         self.calls.append(("check", None))
 
 

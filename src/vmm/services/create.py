@@ -25,6 +25,7 @@ from vmm.record import Record
 
 if TYPE_CHECKING:
     from vmm.services.vms import VmService  # the caller: create is its use case
+    from vmm.store import RecordProblem, Store
 
 MiB = 1024 * 1024
 
@@ -135,10 +136,11 @@ def create(svc: VmService, req: CreateRequest, *, note: Callable[[str], None]) -
         faults.point("create.locked")
         if store.exists(name):
             raise ConflictError(f"VM {name!r} already exists", hint="choose another name")
-        used_ips, used_ids = allocations(svc)
-        svc.network.check_unchanged()
+        vms, problems = store.load_all()  # read once under the lock
+        used_ips, used_ids = allocations(store, vms, problems)
+        svc.network.check_unchanged(vms)
         if mounts:
-            guest_mounts.check_image_clash(mounts, store.load_all()[0])
+            guest_mounts.check_image_clash(mounts, vms)
         ip = ipam.allocate(subnet, gateway, used_ips, requested=req.ip)
         vm_id = new_vm_id()
         while vm_id in used_ids:
@@ -169,16 +171,17 @@ def create(svc: VmService, req: CreateRequest, *, note: Callable[[str], None]) -
     return vm
 
 
-def allocations(svc: VmService) -> tuple[set[str], set[str]]:
+def allocations(
+    store: Store, vms: list[VM], problems: list[RecordProblem]
+) -> tuple[set[str], set[str]]:
     """IPs and ids in use — read from corrupt records too, so they are never reused."""
     ips: set[str] = set()
     ids: set[str] = set()
-    vms, problems = svc.store.load_all()
     for vm in vms:
         ips.add(vm.ip)
         ids.add(vm.id)
     for problem in problems:
-        found = svc.store.salvage(problem.name)
+        found = store.salvage(problem.name)
         if found.ip:
             ips.add(found.ip)
         if found.id:

@@ -39,10 +39,11 @@ class HostNetwork:
 
         subnet, gateway = ipam.validate_network(self.config.subnet, self.config.gateway)
         with self.store.global_lock():
-            self.check_unchanged()
+            vms, _problems = self.store.load_all()  # read once for the whole section
+            self.check_unchanged(vms)
             links.ensure_bridge(self.runner, self.config.bridge_name, gateway, subnet.prefixlen)
             sysctl.enable_ip_forward()
-            self.apply_rules_locked(starting=vm, always=True)
+            self.apply_rules_locked(starting=vm, always=True, vms=vms)
             coexist.ensure_forward_allowed(self.runner, self.config.bridge_name)
             # hairpin: with br_netfilter loaded, a guest reaching its own forward through the
             # host is DNAT'd back out of the port it came in on (tested in test_portforward)
@@ -70,7 +71,7 @@ class HostNetwork:
 
     # -- the ruleset from the records -------------------------------------------------------
 
-    def firewall_spec(self, starting: VM | None = None) -> FirewallSpec:
+    def firewall_spec(self, starting: VM | None = None, vms: list[VM] | None = None) -> FirewallSpec:
         """The ruleset as the records say: NAT, plus the forwards of running VMs (and of
         ``starting``, whose process does not exist yet). A forward that cannot be applied (an
         address outside the subnet, a clash from a hand-edited record) is logged and left out,
@@ -79,7 +80,8 @@ class HostNetwork:
 
         subnet, _ = ipam.validate_network(self.config.subnet, self.config.gateway)
         rules: list[firewall.PortForward] = []
-        vms, _problems = self.store.load_all()
+        if vms is None:
+            vms, _problems = self.store.load_all()
         for vm in sorted(vms, key=lambda v: v.name):
             if starting is not None and vm.name == starting.name:
                 vm = starting
@@ -102,18 +104,19 @@ class HostNetwork:
         )
 
     def apply_rules_locked(
-        self, *, starting: VM | None = None, always: bool = False
+        self, *, starting: VM | None = None, always: bool = False, vms: list[VM] | None = None
     ) -> FirewallSpec | None:
         """Replace vmm's nft table with what the records say; the caller holds the global lock.
 
         Without ``always`` nothing happens when the table does not exist: a host where vmm's
-        network was never set up (or was torn down) is left alone.
+        network was never set up (or was torn down) is left alone. ``vms``: the records, when
+        the caller has just read them under the same lock.
         """
         from vmm.network import firewall, links, sysctl
 
         if not always and not firewall.table_exists(self.runner):
             return None
-        spec = self.firewall_spec(starting)
+        spec = self.firewall_spec(starting, vms)
         bridge = self.config.bridge_name
         # The table (with its guard against guest packets to 127/8) goes in first; only then
         # may route_localnet open the bridge for forwards from the host's own localhost — and
@@ -128,13 +131,14 @@ class HostNetwork:
         with self.store.global_lock():
             return self.apply_rules_locked()
 
-    def check_unchanged(self) -> None:
+    def check_unchanged(self, vms: list[VM] | None = None) -> None:
         """Refuse to go on when VM records do not fit the configured subnet and gateway: the
         config's ``subnet``/``gateway`` was changed while VMs exist."""
         from vmm.network import ipam
 
         subnet, gateway = ipam.validate_network(self.config.subnet, self.config.gateway)
-        vms, _problems = self.store.load_all()
+        if vms is None:
+            vms, _problems = self.store.load_all()
         bad = []
         for vm in vms:
             try:

@@ -15,7 +15,7 @@ apt_install_missing "${RUN_PACKAGES[@]}"
 ensure_venv
 VMM="$REPO/.venv/bin/vmm"
 
-log "building the guest kernel and rootfs (cached after the first run; the first takes ~15 min)"
+log "building the guest kernel and rootfs (cached after the first run; the first takes ~15 min, its progress below)"
 GUEST="$(ensure_guest)"
 
 NS="vmm-demo-$$"

@@ -320,17 +320,10 @@ def test_firewall_never_touches_other_tables(netns: NetNS) -> None:
     assert netns.run(["nft", "list", "tables"]).stdout.split() == ["table", "ip", "other"]
 
 
-DOCKERISH = """
-table ip filter {
-    chain DOCKER-USER {
-        return
-    }
-    chain FORWARD {
-        type filter hook forward priority 0; policy drop;
-        jump DOCKER-USER
-    }
-}
-"""
+DOCKERISH = (  # what Docker's iptables leaves: FORWARD drops, DOCKER-USER is its users' chain
+    "table ip filter { chain DOCKER-USER { return; }; chain FORWARD { "
+    "type filter hook forward priority 0; policy drop; jump DOCKER-USER; }; }\n"
+)
 
 
 def _coexist_round(bridge: str) -> tuple[coexist.ForwardStatus, list[list[str]]]:

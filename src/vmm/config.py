@@ -24,7 +24,7 @@ import pwd
 from pathlib import Path
 
 from vmm.engines.registry import ENGINES as ENGINE_REGISTRY
-from vmm.errors import ConfigError
+from vmm.errors import ConfigError, json_field
 from vmm.record import Record, field
 
 TYPE_CHECKING = False  # typing costs read-only commands ~2 ms; mypy still sees the imports
@@ -252,7 +252,7 @@ def _parse(raw: Any, path: Path, cfg: Config) -> None:
     for key in raw:
         if key not in known:
             raise ConfigError(
-                f"config {path}: unknown field $.{key}",
+                f"config {path}: unknown field {json_field('$', key)}",
                 hint=f"remove it from {path}; known fields: {', '.join(sorted(known))}",
             )
     for key in _STR_KEYS:
@@ -288,7 +288,7 @@ def _parse_vm_defaults(raw: Any, path: Path, cfg: Config) -> None:
     for key in raw:
         if key not in known:
             raise ConfigError(
-                f"config {path}: unknown field $.vm_defaults.{key}",
+                f"config {path}: unknown field {json_field('$.vm_defaults', key)}",
                 hint=f"remove it; known fields: {', '.join(sorted(known))}",
             )
     for key in _VM_INT_KEYS:

@@ -82,6 +82,16 @@ class ApiError(EngineError):
         self.fault_message = fault_message
 
 
+def json_field(parent: str, key: str) -> str:
+    """``$.key`` for an error message, one line whatever the key holds: a key that is not a
+    plain name (a newline, a quote, a control character from a hostile file) is quoted."""
+    if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key):
+        return f"{parent}.{key}"
+    import json
+
+    return f"{parent}[{json.dumps(key)}]"
+
+
 def tail(text: str, lines: int = 12) -> str:
     """The last ``lines`` non-empty lines of ``text``."""
     kept = [line for line in text.strip().splitlines() if line.strip()]

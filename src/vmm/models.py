@@ -10,7 +10,7 @@ import os
 import re
 from enum import StrEnum
 
-from vmm.errors import RecordError, ValidationError
+from vmm.errors import RecordError, ValidationError, json_field
 from vmm.record import Record, field
 
 TYPE_CHECKING = False  # typing costs read-only commands ~2 ms; mypy still sees the imports
@@ -181,7 +181,7 @@ class VM(Record):
         known = set(cls.fields())
         unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise RecordError(f"VM record {source}: unknown field $.{unknown[0]}")
+            raise RecordError(f"VM record {source}: unknown field {json_field('$', unknown[0])}")
         for required in ("name", "id", "state", "ip"):
             if required not in raw:
                 raise RecordError(f"VM record {source}: missing field $.{required}")

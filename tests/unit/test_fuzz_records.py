@@ -139,6 +139,7 @@ _STORE.ensure_dirs()
 @example("{")
 @example("\0")
 @example('{"schema_version": 1e400}')
+@example('{"name": "dev", "\\n": null}')  # an unknown field whose name is a newline
 def test_store_decode(text: str) -> None:
     try:
         _check_vm(_STORE._decode("dev", text))
@@ -234,11 +235,14 @@ def _check_config(cfg: Config) -> None:
 @example({"data_dir": "relative"}, True)
 @example({"subnet": "10.0.0.0/8", "gateway": "x"}, True)
 @example({"firecracker_bin": "/tmp/fc"}, False)  # as root, from a file others could write
+@example({"\n": 1}, False)  # unknown fields whose names would break the one-line message
+@example({"vm_defaults": {"a\nb": 1}}, True)
 def test_load_config_any_json(raw: Any, system: bool) -> None:
     try:
         _check_config(_load(json.dumps(raw).encode(), system=system))
     except ConfigError as exc:
         assert isinstance(exc, VmmError)
+        assert "\n" not in exc.brief
 
 
 @FUZZ

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from vmm import faults
 from vmm.errors import ConfigError, VmmError
+from vmm.log import get_logger
 from vmm.models import VM, VMState, validate_name
 from vmm.record import FrozenRecord
 from vmm.status import VMView, describe_stop
@@ -31,7 +31,7 @@ from vmm.status import VMView, describe_stop
 if TYPE_CHECKING:
     from vmm.app import Vmm as Manager
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RUNNING_FILE = "autostart-running.json"
 MAX_PARALLEL = 8

@@ -7,23 +7,22 @@ as ``CommandError`` carrying the command, its exit code and the tail of stderr. 
 
 from __future__ import annotations
 
-import logging
 import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmm.errors import CommandError, ToolMissing, VmmError
+from vmm.log import get_logger
+from vmm.record import Record
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_TIMEOUT = 120.0
 
 
-@dataclass
-class Result:
+class Result(Record):
     argv: list[str]
     returncode: int
     stdout: str
@@ -125,13 +124,13 @@ class Runner:
         return shutil.which(name)
 
 
-@dataclass
 class RecordingRunner(Runner):
     """Records argv lists and returns canned results; for unit tests of appliers."""
 
-    calls: list[list[str]] = field(default_factory=list)
-    inputs: list[str | None] = field(default_factory=list)  # what each call got on stdin
-    responses: dict[str, Result] = field(default_factory=dict)
+    def __init__(self, responses: dict[str, Result] | None = None):
+        self.calls: list[list[str]] = []
+        self.inputs: list[str | None] = []  # what each call got on stdin
+        self.responses: dict[str, Result] = dict(responses or {})
 
     def run(
         self,

@@ -10,12 +10,12 @@ run unprivileged on the image (``vmm.guest.ext4``): the disk holds what the gues
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmm.guest import customize, ext4
+from vmm.log import get_logger
 from vmm.store import PRIVATE_FILE, scratch_name, set_mode
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from vmm.runner import Runner
     from vmm.store import Store
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 class RootDisks:
     def __init__(self, config: Config, store: Store, runner: Runner, images: ImageRegistry):

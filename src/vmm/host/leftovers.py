@@ -19,7 +19,6 @@ leftover: its pid is alive, or it holds the VM's lock.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmm.errors import VmmError
 from vmm.host.liveness import is_alive, pid_exists
+from vmm.log import get_logger
 from vmm.record import FrozenRecord
 from vmm.status import process_ref
 from vmm.store import scratch_owner
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from vmm.app import Vmm as Manager
     from vmm.network.iproute import Link
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class Leftover(FrozenRecord):

@@ -5,12 +5,12 @@ rule — under the store's global lock.
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import TYPE_CHECKING
 
 from vmm.errors import ConflictError, VmmError
 from vmm.host.liveness import is_alive
+from vmm.log import get_logger
 from vmm.models import VM, VMState
 from vmm.status import process_ref
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from vmm.runner import Runner
     from vmm.store import Store
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TAP_RE = re.compile(r"^vmm-[0-9a-z]{8}$")  # what vmm names a VM's TAP: vmm-<its id>
 

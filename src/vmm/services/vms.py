@@ -9,7 +9,6 @@ command can always finish or clean up. Each step that changes state passes a nam
 from __future__ import annotations
 
 import contextlib
-import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from vmm import faults
 from vmm.errors import ConflictError, EngineError, NotFoundError, VmmError
 from vmm.host.liveness import runs_with
 from vmm.host.process import GracefulStep, ProcessRef, is_alive, log_tail
+from vmm.log import get_logger
 from vmm.models import VM, VMState, now, validate_name
 from vmm.status import StopOutcome, process_ref
 from vmm.store import PRIVATE_FILE, set_mode
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from vmm.services.network import HostNetwork
     from vmm.store import Store
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 30.0
 DEFAULT_SSH_TIMEOUT = 180.0

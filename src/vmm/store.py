@@ -198,9 +198,6 @@ class Store:
             engine_log=self.vm_dir(name) / "engine.log",
         )
 
-    def socket_path_ok(self, name: str) -> bool:
-        return len(str(self.sockets_dir / f"{name}.console").encode()) <= UNIX_PATH_MAX
-
     # -- records ------------------------------------------------------------------------
 
     def exists(self, name: str) -> bool:

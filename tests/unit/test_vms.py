@@ -52,6 +52,12 @@ class FakeEngine:
     def check_available(self) -> None:
         pass
 
+    def check_paths(self, paths: RunPaths) -> None:
+        pass
+
+    def sockets(self, paths: RunPaths) -> tuple[Path, ...]:
+        return (paths.api_socket,)
+
     def cleanup(self, paths: RunPaths) -> None:
         self.cleaned += 1
 

@@ -248,18 +248,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "api_socket": str(paths.api_socket),
     }
     if view.alive:  # what the hypervisor itself reports, when it answers within 2 s
-        d["live"]["engine_state"] = None
-        try:
-            if vm.engine == "qemu":
-                from vmm.engines.qemu.qmp import qmp_execute
-
-                d["live"]["engine_state"] = qmp_execute(paths.api_socket, "query-status", timeout=2.0).get("status")
-            else:
-                from vmm.engines.firecracker.api import FirecrackerApi
-
-                d["live"]["engine_state"] = FirecrackerApi(paths.api_socket, timeout=2.0).instance_info().get("state")
-        except Exception:
-            pass
+        d["live"]["engine_state"] = m.engine(vm.engine).live_state(paths, timeout=2.0)
     print_json(d)
     return 0
 

@@ -118,12 +118,16 @@ def create(svc: VmService, req: CreateRequest, *, note: Callable[[str], None]) -
     key_path_str = req.ssh_key or vd.ssh_key_path
     key_path = expand_user_path(key_path_str) if key_path_str else None
     public_key = read_public_key(key_path) if key_path else None
-    if not store.socket_path_ok(name):
+    engine = svc.engine(engine_name)
+    try:
+        engine.check_paths(store.run_paths(name))
+    except ValidationError as exc:
         raise ValidationError(
             f"the data dir {cfg.data_dir} is too deep for VM {name!r}'s socket paths",
+            details=exc.brief,
             hint="use a shorter name or data dir (Unix socket paths are limited to 107 bytes)",
-        )
-    svc.engine(engine_name).check_available()
+        ) from None
+    engine.check_available()
     from vmm.guest import mounts as guest_mounts
 
     mounts = guest_mounts.parse_mounts(req.mounts or [], vm_name=name, mounts_dir=store.mounts_dir)

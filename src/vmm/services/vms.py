@@ -128,7 +128,7 @@ class VmService:
                 spec = self._boot_spec(vm, kernel.path, kernel.initrd, paths, accel)
                 launched = engine.launch(spec, on_spawn=record_spawn)
                 faults.point("start.launched")
-                for sock in (paths.api_socket, paths.console_socket):
+                for sock in engine.sockets(paths):
                     set_mode(sock, PRIVATE_FILE)  # in a 0700 directory already; root's alone
                 vm.pid, vm.pid_start_time, vm.pid_boot_id = (
                     launched.pid, launched.start_time, launched.boot_id

@@ -44,7 +44,6 @@ from vmm.host.process import (
     log_tail,
     socket_state,
 )
-from vmm.host.process import socket_is_live as socket_is_live  # vmm doctor's import
 from vmm.runner import Runner
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from vmm.host.checks.probes import Probes
 
 SUPPORTED_FC = "1.11."
-# How the report names an engine in prose (the registry name otherwise).
-LABELS = {"qemu": "QEMU"}
 
 
 def check_kvm(p: Probes, cfg: Config) -> Check:
@@ -43,7 +41,7 @@ def check_kvm(p: Probes, cfg: Config) -> Check:
     return Check(
         "kvm",
         WARN,
-        f"{reason}: {LABELS.get(engine.name, engine.name)} guests run under TCG (slower)",
+        f"{reason}: {engine.display_name} guests run under TCG (slower)",
         f"nothing to do for engine {engine.name}",
     )
 

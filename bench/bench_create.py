@@ -50,8 +50,8 @@ def main() -> None:
         subprocess.run([vmm, "image", "import", str(img), "--name", "default"], env=env, check=True, capture_output=True)
 
         create, prep = [], []
-        from vmm.config import load_config
         from vmm.app import Vmm
+        from vmm.config import load_config
 
         for i in range(args.runs):
             t0 = time.perf_counter()

@@ -21,7 +21,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "src"), str(Path(__
 
 from common import machine  # noqa: E402
 
-from vmm.guest import mounts  # noqa: E402
+from vmm.guest import mountfs, mounts  # noqa: E402
 from vmm.runner import Runner  # noqa: E402
 
 
@@ -51,13 +51,13 @@ def main() -> None:
         for mode in ("ro", "rw"):
             m = mounts.parse_mount_spec(f"{host}:bench:{mode}")
             image = t / f"{mode}.ext4"
-            ms = timed(lambda m=m, image=image: mounts.build_image(runner, m, image), args.runs)
+            ms = timed(lambda m=m, image=image: mountfs.build_image(runner, m, image), args.runs)
             print(f"build {mode} image (scan + mkfs.ext4 -d): median {ms:.0f} ms")
         image = t / "rw.ext4"
-        ms = timed(lambda: mounts.superblock_stamp(image), args.runs)
+        ms = timed(lambda: mountfs.superblock_stamp(image), args.runs)
         print(f"unchanged check (superblock stamp): median {ms:.2f} ms")
         subprocess.run(["debugfs", "-w", "-R", "ssv mnt_count 3", str(image)], check=True, capture_output=True)
-        ms = timed(lambda: mounts.image_digest(runner, image, t / "scratch"), args.runs)
+        ms = timed(lambda: mountfs.image_digest(runner, image, t / "scratch"), args.runs)
         print(f"content check after a guest mount (rdump + fingerprint): median {ms:.0f} ms")
 
 

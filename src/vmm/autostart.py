@@ -29,7 +29,7 @@ from vmm.record import FrozenRecord
 from vmm.status import VMView, describe_stop
 
 if TYPE_CHECKING:
-    from vmm.app import Vmm as Manager
+    from vmm.app import Vmm
 
 log = get_logger(__name__)
 
@@ -53,7 +53,7 @@ class Outcome(FrozenRecord):
         return f"{self.name}: {self.action}" + (f" ({self.detail})" if self.detail else "")
 
 
-def set_flag(manager: Manager, name: str, enabled: bool) -> VM:
+def set_flag(manager: Vmm, name: str, enabled: bool) -> VM:
     """``vmm autostart enable|disable NAME``."""
     validate_name(name)
     store = manager.store
@@ -97,7 +97,7 @@ def _parallel(
 # -- autostop -------------------------------------------------------------------------------
 
 
-def write_running(manager: Manager, names: list[str]) -> None:
+def write_running(manager: Vmm, names: list[str]) -> None:
     from vmm.store import write_atomic
 
     data = {"stopped_at": datetime.now(UTC).isoformat(timespec="seconds"), "vms": sorted(names)}
@@ -105,7 +105,7 @@ def write_running(manager: Manager, names: list[str]) -> None:
     write_atomic(manager.store.root / RUNNING_FILE, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def read_running(manager: Manager) -> list[str] | None:
+def read_running(manager: Vmm) -> list[str] | None:
     """The names ``autostop`` recorded, or None when there is no (valid) record."""
     path = manager.store.root / RUNNING_FILE
     try:
@@ -122,7 +122,7 @@ def read_running(manager: Manager) -> list[str] | None:
     return vms
 
 
-def _stopped_by_an_interrupted_autostop(manager: Manager, vms: list[VM]) -> list[str]:
+def _stopped_by_an_interrupted_autostop(manager: Vmm, vms: list[VM]) -> list[str]:
     """VMs an earlier ``autostop`` recorded and then stopped, when no ``autostart`` has used
     the record since (it deletes it): an autostop that was interrupted and is run again must
     not forget them — with ``autostart_policy: running`` they would not come back at boot."""
@@ -144,7 +144,7 @@ def _stopped_by_an_interrupted_autostop(manager: Manager, vms: list[VM]) -> list
 
 
 def autostop(
-    manager: Manager,
+    manager: Vmm,
     *,
     timeout: float = 30.0,
     on_done: Callable[[Outcome], None] | None = None,
@@ -188,7 +188,7 @@ def select_for_start(policy: str, vms: list[VM], recorded: list[str] | None) -> 
 
 
 def autostart(
-    manager: Manager,
+    manager: Vmm,
     *,
     policy: str | None = None,
     on_done: Callable[[Outcome], None] | None = None,

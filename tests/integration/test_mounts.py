@@ -228,7 +228,7 @@ def test_fstab_written_into_rootfs(tmp_path: Path) -> None:
     mounts.write_fstab(RUNNER, rootfs, ms)  # idempotent: existing mount points are not re-made
     text = ext4.read_file(RUNNER, rootfs, "/etc/fstab") or ""
     assert text.startswith("/dev/vda / ext4 rw 0 1\n") and text.count("LABEL=vmm-") == 2
-    assert ext4.existing_paths(RUNNER, rootfs, ["/mnt/code", "/mnt/data"]) == {"/mnt/code", "/mnt/data"}
+    assert ext4.existing(RUNNER, rootfs, ["/mnt/code", "/mnt/data"]) == {"/mnt/code", "/mnt/data"}
     fsck = subprocess.run(["e2fsck", "-fn", str(rootfs)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 

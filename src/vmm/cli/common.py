@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
     from vmm.app import Vmm
     from vmm.config import Config
-    from vmm.manager import Manager
 
 
 def help_of(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
@@ -50,10 +49,6 @@ def app() -> Vmm:
     return Vmm(load_config())
 
 
-def manager() -> Manager:  # the old name, while command modules move over
-    from vmm.manager import Manager
-
-    return Manager(load_config())
 
 
 def print_json(data: Any) -> None:

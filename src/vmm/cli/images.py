@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 
 from vmm.cli.common import (
+    app,
     help_of,
     human_size,
-    manager,
     positive_int,
     print_json,
     require_root,
@@ -18,8 +18,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
 
+    from vmm.app import Vmm
     from vmm.cli.parser import SubParsers
-    from vmm.manager import Manager
 
 
 def _add_image(sub: SubParsers) -> None:
@@ -129,7 +129,7 @@ refused unless --as-is is given (imported unchanged).
 
 def cmd_image_import(args: argparse.Namespace) -> int:
     require_root()
-    m = manager()
+    m = app()
     m.store.ensure_dirs()
     progress = _Progress(prefix="")
     try:
@@ -180,7 +180,7 @@ def cmd_image_pull(args: argparse.Namespace) -> int:
     require_root()
     from vmm.guest import pull
 
-    m = manager()
+    m = app()
     m.store.ensure_dirs()
     progress = _Progress()
     try:
@@ -200,7 +200,7 @@ def cmd_image_pull(args: argparse.Namespace) -> int:
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     require_root()
-    m = manager()
+    m = app()
     m.store.ensure_dirs()
     packages = [p.strip() for p in args.packages.split(",") if p.strip()]
     progress = _Progress()
@@ -220,14 +220,14 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 def cmd_image_delete(args: argparse.Namespace) -> int:
     require_root()
-    m = manager()
+    m = app()
     vms, _ = m.store.load_all()
     m.images.delete(args.name, used_by=[vm.name for vm in vms if vm.image == args.name], force=args.force)
     print(f"Deleted image {args.name}")
     return 0
 
 
-def _usage(m: Manager) -> tuple[dict[str, int], dict[str, int]]:
+def _usage(m: Vmm) -> tuple[dict[str, int], dict[str, int]]:
     vms, _ = m.store.load_all()
     images: dict[str, int] = {}
     kernels: dict[str, int] = {}
@@ -238,7 +238,7 @@ def _usage(m: Manager) -> tuple[dict[str, int], dict[str, int]]:
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
-    m = manager()
+    m = app()
     used, _ = _usage(m)
     imgs = m.images.list()
     if args.json:
@@ -268,7 +268,7 @@ def cmd_kernel_import(args: argparse.Namespace) -> int:
     require_root()
     from pathlib import Path
 
-    m = manager()
+    m = app()
     m.store.ensure_dirs()
     k = m.kernels.import_kernel(
         Path(args.path), args.name, initrd=Path(args.initrd) if args.initrd else None, force=args.force
@@ -289,7 +289,7 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
     require_root()
     from pathlib import Path
 
-    m = manager()
+    m = app()
     m.store.ensure_dirs()
     progress = _Progress()
     try:
@@ -307,7 +307,7 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
 
 def cmd_kernel_delete(args: argparse.Namespace) -> int:
     require_root()
-    m = manager()
+    m = app()
     vms, _ = m.store.load_all()
     m.kernels.delete(args.name, used_by=[vm.name for vm in vms if vm.kernel == args.name])
     print(f"Deleted kernel {args.name}")
@@ -315,7 +315,7 @@ def cmd_kernel_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_kernel_list(args: argparse.Namespace) -> int:
-    m = manager()
+    m = app()
     _, used = _usage(m)
     ks = m.kernels.list()
     details = {k.name: m.kernels.details(k) for k in ks}

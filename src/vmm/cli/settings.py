@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from vmm.cli.common import (
+    app,
     help_of,
     load_config,
-    manager,
     print_json,
     require_root,
     table,
@@ -71,7 +71,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 def cmd_version(args: argparse.Namespace) -> int:
     from vmm import __version__
 
-    m = manager()
+    m = app()
     from vmm.engines import registry
 
     engines: dict[str, str | None] = {}

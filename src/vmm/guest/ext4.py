@@ -331,7 +331,6 @@ def existing(runner: Runner, image: Path, paths: Iterable[str]) -> Existing:
     return Existing((p for p in wanted if p not in missing), wanted)
 
 
-existing_paths = existing  # the older name (vmm.guest.mounts)
 
 
 def paths_to_check(files: Iterable[GuestFile]) -> list[str]:

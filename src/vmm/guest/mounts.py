@@ -34,10 +34,6 @@ from vmm.models import TAG_RE, VM, Mount
 from vmm.runner import Runner
 from vmm.store import Store
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from vmm.guest import mountsync
-
 GUEST_ROOT = "/mnt"
 FSTAB = "/etc/fstab"
 FSTAB_BEGIN = "# BEGIN vmm mounts (vmm rewrites this block at every start)"
@@ -233,10 +229,3 @@ def remove_image(store: Store, path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 
-
-def MountImages(store: Store, runner: Runner) -> mountsync.MountImages:
-    """``mountsync.MountImages`` at its old address, for ``vmm.guest.rootfs`` until that imports
-    it from ``vmm.guest.mountsync`` (imported here late: mountsync imports this module)."""
-    from vmm.guest.mountsync import MountImages as Images
-
-    return Images(store, runner)

@@ -32,7 +32,7 @@ from vmm.status import process_ref
 from vmm.store import scratch_owner
 
 if TYPE_CHECKING:
-    from vmm.app import Vmm as Manager
+    from vmm.app import Vmm
     from vmm.network.iproute import Link
 
 log = get_logger(__name__)
@@ -75,7 +75,7 @@ def mounts_below(path: Path) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
-def find(m: Manager) -> list[Leftover]:
+def find(m: Vmm) -> list[Leftover]:
     out = [
         Leftover("scratch", str(p), f"{p}: left by an interrupted command")
         for p in scratch_entries(m.store.root)
@@ -113,7 +113,7 @@ def find(m: Manager) -> list[Leftover]:
     return out
 
 
-def _network(m: Manager, present: list[Link]) -> list[Leftover]:
+def _network(m: Vmm, present: list[Link]) -> list[Leftover]:
     from vmm.network import firewall
 
     out: list[Leftover] = []
@@ -160,7 +160,7 @@ def forwarded_ports(table: dict[str, Any]) -> set[tuple[str, int]]:
     return found
 
 
-def fix(m: Manager, leftovers: list[Leftover]) -> list[str]:
+def fix(m: Vmm, leftovers: list[Leftover]) -> list[str]:
     """Remove each leftover; one line per thing done (or not)."""
     done = []
     for lo in leftovers:

@@ -107,6 +107,7 @@ PROC_TCP6 = """\
   sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1
    1: 00000000000000000000000001000000:0051 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5555 1
+   2: 0000000000000000FFFF00000100007F:0052 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 6666 1
 """
 
 
@@ -118,6 +119,7 @@ def test_parse_proc_net() -> None:
     assert parse_proc_net(PROC_TCP6, "tcp") == [
         Listener("tcp", "::", 80, 4444),
         Listener("tcp", "::1", 81, 5555),
+        Listener("tcp", "::ffff:127.0.0.1", 82, 6666),  # dotted, whatever the Python version
     ]
     udp = PROC_TCP.replace(" 0A ", " 07 ")
     assert [s.port for s in parse_proc_net(udp, "udp")] == [8080, 22, 8081]
@@ -131,6 +133,9 @@ def test_conflicting_listener() -> None:
     assert conflicting_listener(PF(22, 22, "tcp", "10.0.0.1"), socks) == socks[1]  # wildcard
     assert conflicting_listener(PF(80, 80, "tcp", "10.0.0.1"), socks) == socks[2]  # [::] takes v4 too
     assert conflicting_listener(PF(81, 81), socks) is None  # ::1 only: DNAT is IPv4
+    # a v6 socket bound to the IPv4-mapped 127.0.0.1 takes that address's IPv4 traffic
+    assert conflicting_listener(PF(82, 82, "tcp", "127.0.0.1"), socks) == socks[4]
+    assert conflicting_listener(PF(82, 82, "tcp", "10.0.0.1"), socks) is None
 
 
 # -- the record field --------------------------------------------------------------------------

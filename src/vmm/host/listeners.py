@@ -27,7 +27,12 @@ def _hex_addr(text: str) -> str:
     raw = bytes.fromhex(text)
     # /proc/net prints each 32-bit word in host (little-endian) order
     words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    return str(IPv4Address(words)) if len(words) == 4 else str(IPv6Address(words))
+    if len(words) == 4:
+        return str(IPv4Address(words))
+    ip = IPv6Address(words)
+    # An IPv4-mapped address in dotted form (Python < 3.13 prints ::ffff:7f00:1), which is
+    # how ``_v4`` tells that the socket takes IPv4 traffic for that address.
+    return f"::ffff:{ip.ipv4_mapped}" if ip.ipv4_mapped is not None else str(ip)
 
 
 def parse_proc_net(text: str, proto: str) -> list[Listener]:

@@ -100,7 +100,6 @@ def read_devices(runner: Runner) -> Devices:
     return Devices(*parse_links_and_addresses(runner.run(["ip", "-j", "-d", "addr", "show"]).stdout))
 
 
-
 def list_links(runner: Runner, prefix: str = "") -> list[Link]:
     """Devices whose name starts with ``prefix`` (all by default), with their kind and master."""
     out = runner.run(["ip", "-j", "-d", "link", "show"]).stdout

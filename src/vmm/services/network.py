@@ -41,14 +41,16 @@ class HostNetwork:
         with self.store.global_lock():
             vms, _problems = self.store.load_all()  # read once for the whole section
             self.check_unchanged(vms)
-            links.ensure_bridge(self.runner, self.config.bridge_name, gateway, subnet.prefixlen)
+            bridge = self.config.bridge_name
+            # The host's devices, read once and passed along (valid under the global lock)
+            devices = links.ensure_bridge(self.runner, bridge, gateway, subnet.prefixlen)
             sysctl.enable_ip_forward()
-            self.apply_rules_locked(starting=vm, always=True, vms=vms)
-            coexist.ensure_forward_allowed(self.runner, self.config.bridge_name)
+            self.apply_rules_locked(starting=vm, always=True, vms=vms, bridge_present=True)
+            coexist.ensure_forward_allowed(self.runner, bridge)
             # hairpin: with br_netfilter loaded, a guest reaching its own forward through the
             # host is DNAT'd back out of the port it came in on (tested in test_portforward)
             links.ensure_tap(
-                self.runner, vm.tap, self.config.bridge_name, hairpin=bool(vm.port_forwards)
+                self.runner, vm.tap, bridge, hairpin=bool(vm.port_forwards), devices=devices
             )
 
     def delete_tap(self, tap: str | None) -> None:
@@ -104,13 +106,19 @@ class HostNetwork:
         )
 
     def apply_rules_locked(
-        self, *, starting: VM | None = None, always: bool = False, vms: list[VM] | None = None
+        self,
+        *,
+        starting: VM | None = None,
+        always: bool = False,
+        vms: list[VM] | None = None,
+        bridge_present: bool | None = None,
     ) -> FirewallSpec | None:
         """Replace vmm's nft table with what the records say; the caller holds the global lock.
 
         Without ``always`` nothing happens when the table does not exist: a host where vmm's
         network was never set up (or was torn down) is left alone. ``vms``: the records, when
-        the caller has just read them under the same lock.
+        the caller has just read them under the same lock; ``bridge_present``: when the caller
+        knows (else ``ip`` is asked).
         """
         from vmm.network import firewall, links, sysctl
 
@@ -122,7 +130,9 @@ class HostNetwork:
         # may route_localnet open the bridge for forwards from the host's own localhost — and
         # it is closed again as soon as no forward needs it.
         firewall.apply(self.runner, spec)
-        if links.link_exists(self.runner, bridge):
+        if bridge_present is None:
+            bridge_present = links.link_exists(self.runner, bridge)
+        if bridge_present:
             sysctl.set_route_localnet(bridge, firewall.needs_route_localnet(spec))
         return spec
 
@@ -181,9 +191,10 @@ class HostNetwork:
         with self.store.global_lock():
             if self.store.names():
                 return
-            link = links.get_link(self.runner, bridge)
+            present = links.list_links(self.runner)
+            link = next((lk for lk in present if lk.name == bridge), None)
             if link is not None:
-                if not link.is_bridge or any(lk.master == bridge for lk in links.list_links(self.runner)):
+                if not link.is_bridge or any(lk.master == bridge for lk in present):
                     from vmm.network import sysctl
 
                     sysctl.disable_route_localnet(bridge)  # no forward needs it any more

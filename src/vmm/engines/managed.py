@@ -26,7 +26,6 @@ caller keeps it (the children a process spawned are tracked by ``host.process``)
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import subprocess
@@ -50,9 +49,10 @@ from vmm.host.process import (
     stop_escalating,
     wait_gone,
 )
+from vmm.log import get_logger
 from vmm.record import Record
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 30.0
 

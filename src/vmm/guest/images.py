@@ -12,24 +12,26 @@ import contextlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from vmm import faults
 from vmm.errors import ConflictError, NotFoundError, ValidationError
 from vmm.guest import ext4
 from vmm.guest.progress import Progress, quiet
 from vmm.models import validate_name
+from vmm.record import Record
 from vmm.runner import Runner
 from vmm.store import Store, scratch_name, scratch_prefix, write_atomic
+
+TYPE_CHECKING = False  # typing costs a start ~2 ms; mypy still sees these
+if TYPE_CHECKING:
+    from typing import Any
 
 MiB = 1024 * 1024
 
 
-@dataclass
-class Image:
+class Image(Record):
     name: str
     path: Path
     meta: dict[str, Any]

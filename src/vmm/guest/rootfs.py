@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vmm.guest import customize, ext4
 from vmm.log import get_logger
 from vmm.store import PRIVATE_FILE, scratch_name, set_mode
 
+TYPE_CHECKING = False  # typing costs a start ~2 ms; mypy still sees these
 if TYPE_CHECKING:
     from vmm.config import Config
     from vmm.guest.images import ImageRegistry

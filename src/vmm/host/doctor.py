@@ -12,7 +12,6 @@ removes both kinds of leftovers. Nothing here prints: ``vmm.cli.doctor`` renders
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 from vmm.errors import VmmError
 from vmm.host.checks import FAIL, OK, WARN, Check, engines, records, system
 from vmm.host.checks.probes import Probes
+from vmm.log import get_logger
 
 if TYPE_CHECKING:
     from vmm.config import Config
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Check", "Probes", "fix", "fix_all", "healthy", "load_config", "report", "run_checks"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def _step(

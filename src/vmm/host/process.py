@@ -13,7 +13,6 @@ warn that they are "still running" when collected.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import socket
@@ -25,12 +24,13 @@ from pathlib import Path
 
 from vmm.errors import EngineError, ToolMissing, tail
 from vmm.host.liveness import ProcessRef, is_alive, ref_for, start_time_of
+from vmm.log import get_logger
 
 __all__ = ["GracefulStep", "ProcessRef", "describe_exit", "is_alive", "log_tail", "reap",
            "ref_for", "socket_is_live", "socket_state", "spawn_detached", "start_time_of",
            "stop_escalating", "wait_gone"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Hypervisors this process spawned and has not reaped yet, by pid (see the module docstring).
 _children: dict[int, subprocess.Popen[bytes]] = {}

@@ -17,8 +17,8 @@ vmm tears its network down). Without ``DOCKER-USER`` vmm only explains (``vmm ne
 from __future__ import annotations
 
 import json
-import logging
 
+from vmm.log import get_logger
 from vmm.network.iproute import Value
 from vmm.network.links import validate_ifname
 from vmm.runner import Runner
@@ -27,7 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 COMMENT = "vmm"
 DOCKER_USER = "DOCKER-USER"

@@ -42,10 +42,10 @@ instance): nftables runs every base chain on a hook, and any drop is final.
 from __future__ import annotations
 
 import json
-import logging
 from ipaddress import IPv4Address, IPv4Network
 
 from vmm.errors import ConflictError, ValidationError, VmmError
+from vmm.log import get_logger
 from vmm.network.iproute import Value
 from vmm.network.links import validate_ifname
 from vmm.runner import Runner
@@ -54,7 +54,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FAMILY = "ip"
 TABLE = "vmm"

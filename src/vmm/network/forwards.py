@@ -8,12 +8,12 @@ never edited one by one; ``services.forwards`` holds the add/list/remove use cas
 from __future__ import annotations
 
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING
 
 from vmm.errors import NotFoundError, ValidationError
 from vmm.models import PortForward
 from vmm.record import Record
 
+TYPE_CHECKING = False  # typing costs a start ~2 ms; mypy still sees these
 if TYPE_CHECKING:
     from vmm.network import firewall
 

@@ -8,11 +8,11 @@ Callers hold the global host-networking lock: these steps read, then change.
 
 from __future__ import annotations
 
-import logging
 import re
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from vmm.errors import CommandError, ConflictError, NotFoundError, ValidationError
+from vmm.log import get_logger
 from vmm.network.ipam import (
     mac_for,
     overlapping_addresses,
@@ -30,7 +30,7 @@ from vmm.network.iproute import (
 )
 from vmm.runner import Runner
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_BRIDGE = "vmm-br0"
 TAP_PREFIX = "vmm-"

@@ -6,13 +6,13 @@ Keys are tuples of path parts, not dotted strings, because interface names may c
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from vmm.errors import PermissionDenied, VmmError
+from vmm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 PROC_SYS = Path("/proc/sys")
 IP_FORWARD = ("net", "ipv4", "ip_forward")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vmm import faults
 from vmm.config import expand_user_path
@@ -23,6 +22,7 @@ from vmm.models import (
 )
 from vmm.record import Record
 
+TYPE_CHECKING = False  # typing costs a start ~2 ms; mypy still sees these
 if TYPE_CHECKING:
     from vmm.services.vms import VmService  # the caller: create is its use case
     from vmm.store import RecordProblem, Store

@@ -6,7 +6,6 @@ rule — under the store's global lock.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from vmm.errors import ConflictError, VmmError
 from vmm.host.liveness import is_alive
@@ -14,6 +13,7 @@ from vmm.log import get_logger
 from vmm.models import VM, VMState
 from vmm.status import process_ref
 
+TYPE_CHECKING = False  # typing costs a start ~2 ms; mypy still sees these
 if TYPE_CHECKING:
     from vmm.config import Config
     from vmm.network.firewall import FirewallSpec

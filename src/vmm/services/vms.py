@@ -12,7 +12,6 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from vmm import faults
 from vmm.errors import ConflictError, EngineError, NotFoundError, VmmError
@@ -23,6 +22,7 @@ from vmm.models import VM, VMState, now, validate_name
 from vmm.status import StopOutcome, process_ref
 from vmm.store import PRIVATE_FILE, set_mode
 
+TYPE_CHECKING = False  # typing costs a start ~2 ms; mypy still sees these
 if TYPE_CHECKING:
     from pathlib import Path
 

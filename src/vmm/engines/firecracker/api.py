@@ -21,7 +21,6 @@ micro_http has no chunked encoding; a response that uses one is refused as unrea
 from __future__ import annotations
 
 import json
-import logging
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,8 +28,9 @@ from typing import Any, Literal
 
 from vmm.engines.firecracker.bodies import ApiRequest
 from vmm.errors import ApiError, EngineError
+from vmm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Per request. The Go SDK's 500 ms is too short on slow or emulated hosts.
 DEFAULT_REQUEST_TIMEOUT = 10.0

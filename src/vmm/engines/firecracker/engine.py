@@ -16,7 +16,6 @@ it: immediate death), then SIGKILL.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -44,9 +43,10 @@ from vmm.host.process import (
     log_tail,
     socket_state,
 )
+from vmm.log import get_logger
 from vmm.runner import Runner
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FALLBACK_BINARY = "/usr/local/bin/firecracker"
 INSTALL_HINT = (

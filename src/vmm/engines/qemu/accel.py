@@ -9,15 +9,15 @@ TCG there and an explicit ``kvm`` is refused with an explanation.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 from vmm.errors import ValidationError, VmmError
+from vmm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 ACCELS = ("auto", "kvm", "tcg")
 KVM_GET_API_VERSION = 0xAE00

@@ -10,7 +10,6 @@ only emits a POWERDOWN event, so the escalation is what ends such a VM.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shlex
@@ -41,9 +40,10 @@ from vmm.host.process import (
     is_alive,
     reap,
 )
+from vmm.log import get_logger
 from vmm.runner import Runner
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_BINARY = "qemu-system-x86_64"
 INSTALL_HINT = "apt-get install qemu-system-x86"

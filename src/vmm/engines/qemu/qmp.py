@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,8 +26,9 @@ from types import TracebackType
 from typing import Any
 
 from vmm.errors import EngineError
+from vmm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_TIMEOUT = 5.0
 _MAX_LINE = 16 * 1024 * 1024

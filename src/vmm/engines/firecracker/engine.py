@@ -25,12 +25,7 @@ from pathlib import Path
 from vmm.engines.base import BootSpec, RunPaths
 from vmm.engines.firecracker.api import DEFAULT_REQUEST_TIMEOUT, ApiUnreachable, FirecrackerApi
 from vmm.engines.firecracker.argv import build_argv
-from vmm.engines.firecracker.bodies import (
-    ApiRequest,
-    LogLevel,
-    boot_requests,
-    send_ctrl_alt_del_request,
-)
+from vmm.engines.firecracker.bodies import ApiRequest, boot_requests, send_ctrl_alt_del_request
 from vmm.engines.jail import Jail, NoJail
 from vmm.engines.managed import Launch, LaunchError, ManagedEngine, file_size
 from vmm.errors import ConflictError, EngineError, ValidationError, VmmError
@@ -45,6 +40,10 @@ from vmm.host.process import (
 )
 from vmm.log import get_logger
 from vmm.runner import Runner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vmm.engines.firecracker.bodies import LogLevel
 
 log = get_logger(__name__)
 

@@ -81,7 +81,7 @@ class Vmm:
     def _build_engine(self, name: str) -> Engine:
         from vmm.engines import registry
 
-        return registry.info(name).factory(self.config)
+        return registry.info(name).build(self.config)
 
     def engine(self, name: str) -> Engine:
         """The engine called ``name`` (see ``vmm.engines.registry``), built on first use."""

@@ -404,20 +404,30 @@ def load_config(path: Path | None = None) -> Config:
 
 
 def detect_engine() -> tuple[str, str]:
-    """The engine this host can run, and why: Firecracker when its binary is installed and KVM
-    can run guests, else QEMU (which falls back to TCG emulation without KVM)."""
-    import shutil
+    """The engine this host can run, and why: the first engine of the registry (Firecracker)
+    whose binary is installed and that has the KVM it needs, else the last one (QEMU, which
+    falls back to TCG emulation without KVM)."""
+    from vmm.engines import registry
 
-    from vmm.engines.firecracker.engine import FALLBACK_BINARY
-    from vmm.engines.qemu.accel import kvm_unusable_reason
+    reasons: list[str] = []
+    kvm: str | None = None
+    for name in registry.names():
+        info = registry.info(name)
+        binary = info.find_binary()
+        if binary is None:
+            reasons.append(f"no {name} binary found ({info.install_hint})")
+            continue
+        if info.can(registry.NEEDS_KVM):
+            if kvm is None:
+                from vmm.engines.qemu.accel import kvm_unusable_reason
 
-    firecracker = shutil.which("firecracker") or (FALLBACK_BINARY if os.path.isfile(FALLBACK_BINARY) else None)
-    if firecracker is None:
-        return "qemu", "no firecracker binary found (scripts/install.sh installs one)"
-    kvm = kvm_unusable_reason()
-    if kvm is not None:
-        return "qemu", f"KVM cannot run guests here ({kvm}); Firecracker needs it"
-    return "firecracker", f"{firecracker} found and KVM usable"
+                kvm = kvm_unusable_reason() or ""
+            if kvm:
+                reasons.append(f"KVM cannot run guests here ({kvm}); {info.display_name} needs it")
+                continue
+            return name, f"{binary} found and KVM usable"
+        return name, "; ".join(reasons) or f"{binary} found"
+    return registry.names()[-1], "; ".join(reasons)
 
 
 def write_default_config(path: Path, *, force: bool = False, system: bool = False) -> Config:

@@ -29,7 +29,7 @@ import fc_harness  # noqa: E402
 import fc_spec  # noqa: E402
 
 from vmm.engines.base import BootSpec, Drive, Nic, RunPaths  # noqa: E402
-from vmm.engines.firecracker import FirecrackerEngine  # noqa: E402
+from vmm.engines.firecracker.engine import FirecrackerEngine  # noqa: E402
 from vmm.engines.managed import LaunchError  # noqa: E402
 from vmm.errors import ApiError, ConflictError, EngineError, ValidationError, VmmError  # noqa: E402
 from vmm.host.process import ProcessRef, is_alive  # noqa: E402

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from vmm.engines.base import BootSpec, Drive, Nic, RunPaths
-from vmm.engines.firecracker import FirecrackerEngine
 from vmm.engines.firecracker.argv import build_argv
 from vmm.engines.firecracker.bodies import boot_requests
-from vmm.engines.firecracker.engine import FirecrackerLaunch
+from vmm.engines.firecracker.engine import FirecrackerEngine, FirecrackerLaunch
 from vmm.engines.jail import Jail, NoJail
 from vmm.errors import ValidationError
 

@@ -13,10 +13,10 @@ import pytest
 
 from vmm.engines import registry
 from vmm.engines.base import BootSpec, Drive, RunPaths
-from vmm.engines.firecracker import FirecrackerEngine
 from vmm.engines.firecracker.engine import (
     FALLBACK_BINARY,
     INSTALL_HINT,
+    FirecrackerEngine,
     check_socket_path,
     parse_version,
     prepare_log_file,

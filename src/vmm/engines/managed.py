@@ -101,6 +101,7 @@ class ManagedEngine:
 
     name: str
     label: str  # how messages name the hypervisor ("firecracker", "QEMU")
+    install_hint: str  # how to get the hypervisor's binary
     guest_stop_command: str
     ready_timeout: float = 10.0  # spawn -> ready
     probe_timeout: float = 1.0  # at most, for one readiness probe
@@ -160,7 +161,9 @@ class ManagedEngine:
 
         ``on_spawn`` gets the process right after it exists (see ``Engine.launch``)."""
         launch = self._prepare(spec)
-        proc = spawn_detached(launch.argv, log_path=launch.log_path, vm_name=spec.name)
+        proc = spawn_detached(
+            launch.argv, log_path=launch.log_path, vm_name=spec.name, hint=self.install_hint
+        )
         try:
             ref = ref_for(proc.pid)
             if on_spawn is not None:

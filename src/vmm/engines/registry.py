@@ -8,6 +8,7 @@ module is imported only when one of its VMs is acted on.
 
 from __future__ import annotations
 
+from vmm.engines import firecracker, qemu  # their facts only, not the engines
 from vmm.errors import ValidationError
 from vmm.record import FrozenRecord
 
@@ -31,30 +32,49 @@ class EngineInfo(FrozenRecord):
     display_name: str  # how prose names it ("QEMU guests run under TCG")
     binary_setting: str  # the config key naming its binary
     capabilities: frozenset[str]
-    factory: Callable[[Config], Engine]
+    factory: str  # "module:function" building the engine from a Config, imported on first use
+    binaries: tuple[str, ...]  # where its binary is looked for: names on PATH, then paths
+    install_hint: str  # how to get the binary
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
 
+    def build(self, cfg: Config) -> Engine:
+        """The engine, its module imported now (and only now: ``vmm list`` never does)."""
+        import importlib
 
-def _firecracker(cfg: Config) -> Engine:
-    from vmm.engines.firecracker.engine import FirecrackerEngine
+        module, _, function = self.factory.partition(":")
+        make: Callable[[Config], Engine] = getattr(importlib.import_module(module), function)
+        return make(cfg)
 
-    return FirecrackerEngine(cfg.firecracker_bin)
+    def find_binary(self, configured: str | None = None) -> str | None:
+        """The binary to run: ``configured`` (a path, or a name looked up on PATH), else the
+        first of ``binaries`` found; None when there is none."""
+        import os
+        import shutil
+
+        for candidate in (configured,) if configured else self.binaries:
+            if os.sep in candidate:
+                if os.path.isfile(candidate):
+                    return candidate
+            elif found := shutil.which(candidate):
+                return found
+        return None
 
 
-def _qemu(cfg: Config) -> Engine:
-    from vmm.engines.qemu.engine import QemuEngine
-
-    return QemuEngine(cfg.qemu_bin)
-
-
+# In order of preference: ``vmm config init`` picks the first one the host can run.
 ENGINES: dict[str, EngineInfo] = {
     "firecracker": EngineInfo(
-        "firecracker", "Firecracker", "firecracker_bin", frozenset({NEEDS_KVM}), _firecracker
+        "firecracker", "Firecracker", "firecracker_bin", frozenset({NEEDS_KVM}),
+        "vmm.engines.firecracker.engine:from_config",
+        firecracker.BINARIES, firecracker.INSTALL_HINT,
     ),
-    "qemu": EngineInfo("qemu", "QEMU", "qemu_bin", frozenset({TCG, CONSOLE}), _qemu),
-}
+    "qemu": EngineInfo(
+        "qemu", "QEMU", "qemu_bin", frozenset({TCG, CONSOLE}),
+        "vmm.engines.qemu.engine:from_config",
+        qemu.BINARIES, qemu.INSTALL_HINT,
+    ),
+}  # fmt: skip
 
 
 def names() -> tuple[str, ...]:

@@ -63,8 +63,9 @@ def spawn_detached(
     log_path: Path,
     env: dict[str, str] | None = None,
     vm_name: str | None = None,
+    hint: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a hypervisor that outlives this command.
+    """Start a hypervisor that outlives this command (``hint``: how to install it).
 
     Own session (no signals from the user's terminal), stdin from /dev/null (Firecracker sets
     O_NONBLOCK on and raw-modes its stdin), stdout and stderr appended to the VM's log. With
@@ -89,7 +90,7 @@ def spawn_detached(
             env=env,
         )
     except FileNotFoundError:
-        raise ToolMissing(argv[0]) from None
+        raise ToolMissing(argv[0], hint=hint) from None
     finally:
         os.close(fd)
     _children[proc.pid] = proc

@@ -31,6 +31,4 @@ def install_hint(program: str) -> str:
     package = packages().get(name)
     if package:
         return f"apt-get install {package}"
-    if name == "firecracker":
-        return "install it with scripts/install.sh (Firecracker v1.11), or use --engine qemu"
     return f"install the package that provides {name}"

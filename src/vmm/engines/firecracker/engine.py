@@ -22,6 +22,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from vmm.engines import firecracker as facts
 from vmm.engines.base import BootSpec, RunPaths
 from vmm.engines.firecracker.api import DEFAULT_REQUEST_TIMEOUT, ApiUnreachable, FirecrackerApi
 from vmm.engines.firecracker.argv import build_argv
@@ -43,15 +44,13 @@ from vmm.runner import Runner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from vmm.config import Config
     from vmm.engines.firecracker.bodies import LogLevel
 
 log = get_logger(__name__)
 
-FALLBACK_BINARY = "/usr/local/bin/firecracker"
-INSTALL_HINT = (
-    "install it with scripts/install.sh (Firecracker v1.11.0), set firecracker_bin in the "
-    "config, or use --engine qemu"
-)
+FALLBACK_BINARY = facts.BINARIES[-1]
+INSTALL_HINT = facts.INSTALL_HINT
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the terminating NUL
 _POLL = 0.01  # readiness poll interval, as the Go SDK does
 _VERSION_RE = re.compile(r"Firecracker v(\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?)")
@@ -73,6 +72,7 @@ class FirecrackerEngine(ManagedEngine):
 
     name = "firecracker"
     label = "firecracker"
+    install_hint = INSTALL_HINT
     # On x86 Firecracker has no power-off device: a guest ``poweroff`` halts the vCPUs and the
     # process stays; ``reboot`` (with reboot=k) ends it.
     guest_stop_command = "reboot"
@@ -290,3 +290,8 @@ def prepare_log_file(path: Path) -> None:
         pass
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.close(fd)
+
+
+def from_config(cfg: Config) -> FirecrackerEngine:
+    """The registry's factory (``vmm.engines.registry``)."""
+    return FirecrackerEngine(cfg.firecracker_bin)

@@ -17,8 +17,8 @@ import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from vmm.engines import qemu as facts
 from vmm.engines.base import BootSpec, Engine, RunPaths
 from vmm.engines.managed import Launch, LaunchError, ManagedEngine, file_size
 from vmm.engines.qemu.accel import host_tsc_khz, resolve_accel
@@ -43,10 +43,14 @@ from vmm.host.process import (
 from vmm.log import get_logger
 from vmm.runner import Runner
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vmm.config import Config
+
 log = get_logger(__name__)
 
 DEFAULT_BINARY = "qemu-system-x86_64"
-INSTALL_HINT = "apt-get install qemu-system-x86"
+INSTALL_HINT = facts.INSTALL_HINT
 
 
 def tap_exists(name: str) -> bool:
@@ -67,6 +71,7 @@ class QemuEngine(ManagedEngine):
 
     name = "qemu"
     label = "QEMU"
+    install_hint = INSTALL_HINT
     guest_stop_command = "poweroff"
     poll_interval = 0.05
 
@@ -243,3 +248,8 @@ class QemuEngine(ManagedEngine):
 
 if TYPE_CHECKING:
     _conforms: Engine = QemuEngine()
+
+
+def from_config(cfg: Config) -> QemuEngine:
+    """The registry's factory (``vmm.engines.registry``)."""
+    return QemuEngine(cfg.qemu_bin)

@@ -58,14 +58,15 @@ def _missing(cfg: Config, engine: EngineInfo) -> str:
 
 
 def check_firecracker(p: Probes, cfg: Config, engine: EngineInfo) -> Check:
-    from vmm.engines.firecracker.engine import FALLBACK_BINARY, parse_version
+    from vmm.engines.firecracker.engine import parse_version
 
     missing = _missing(cfg, engine)
     configured = _configured(cfg, engine)
     path = (
-        configured if configured and os.sep in configured else p.which(configured or "firecracker")
+        configured if configured and os.sep in configured else p.which(configured or engine.binaries[0])
     )
-    path = path or (None if configured else FALLBACK_BINARY)
+    fallback = next((b for b in engine.binaries if os.sep in b), None)
+    path = path or (None if configured else fallback)
     if not path or not p.executable(path):
         where = (
             f"{engine.binary_setting} {configured!r}"

@@ -266,6 +266,11 @@ class Store:
             image_paths=tuple(re.findall(r'"image_path"\s*:\s*"([^"\\]+)"', text)),
         )
 
+    def tap_names(self, vms: list[VM], problems: list[RecordProblem]) -> tuple[set[str], set[str]]:
+        """The TAPs the records name: (of readable records, salvaged from corrupt ones)."""
+        salvaged = {t for p in problems if (t := self.salvage(p.name).tap)}
+        return {vm.tap for vm in vms if vm.tap}, salvaged
+
     def names(self) -> list[str]:
         """VMs: ``vms/<name>.json``."""
         try:

@@ -227,3 +227,26 @@ def test_list_links_prefix() -> None:
     assert [link.name for link in links.list_links(runner, "vmm-")] == ["vmm-br0", "vmm-abcd1234"]
     assert links.link_exists(runner, "veth-g") and not links.link_exists(runner, "nope")
     assert isinstance(links.get_link(runner, "lo"), Link)
+
+
+def test_unused_taps_sorts_vmm_taps_into_orphans_and_idle() -> None:
+    """The one definition doctor, its --fix and network prune share."""
+    from vmm.network.iproute import Link as L
+    from vmm.network.links import unused_taps
+
+    def tap(name: str) -> L:
+        return L(name, 1, kind="tun", tun_type="tap")
+
+    present = [
+        tap("vmm-aaaa0001"),  # named, running
+        tap("vmm-aaaa0002"),  # named, VM stopped
+        tap("vmm-aaaa0003"),  # no record
+        L("vmm-br0", 2, kind="bridge"),  # not a TAP
+        tap("tap0"),  # not vmm's name
+        L("vmm-aaaa0004", 3, kind="veth"),  # vmm's name, not a TAP
+        L("vmm-aaaa0005", 4, kind="tun", tun_type="tun"),  # a TUN, not a TAP
+    ]
+    orphans, idle = unused_taps(
+        present, named={"vmm-aaaa0001", "vmm-aaaa0002"}, active={"vmm-aaaa0001"}
+    )
+    assert (orphans, idle) == (["vmm-aaaa0003"], ["vmm-aaaa0002"])

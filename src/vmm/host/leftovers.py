@@ -105,10 +105,8 @@ def find(m: Vmm) -> list[Leftover]:
     except VmmError as exc:
         log.debug("cannot list links: %s", exc)
         present = []
-    owned = {vm.tap for vm in vms}
-    for lk in present:
-        if lk.is_tap and lk.name in owned and lk.name not in running_taps:
-            out.append(Leftover("tap", lk.name, f"TAP {lk.name} of a VM that is not running"))
+    _orphans, idle = links.unused_taps(present, named={vm.tap for vm in vms}, active=running_taps)
+    out += [Leftover("tap", tap, f"TAP {tap} of a VM that is not running") for tap in idle]
     out += _network(m, present)
     return out
 

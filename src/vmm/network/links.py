@@ -9,6 +9,7 @@ Callers hold the global host-networking lock: these steps read, then change.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from vmm.errors import CommandError, ConflictError, NotFoundError, ValidationError
@@ -50,6 +51,27 @@ def validate_ifname(name: str, what: str = "interface") -> str:
             hint=f"use at most {IFNAMSIZ} letters, digits, '_', '.' or '-'",
         )
     return name
+
+
+def is_vmm_tap(link: Link) -> bool:
+    """A TAP device named the way vmm names its VMs' TAPs (``vmm-<id>``)."""
+    return link.is_tap and isinstance(link.name, str) and bool(_TAP_RE.fullmatch(link.name))
+
+
+def unused_taps(links: Iterable[Link], *, named: set[str], active: set[str]) -> tuple[list[str], list[str]]:
+    """vmm's TAPs that no VM uses, in two kinds — the one definition doctor, ``doctor --fix``'s
+    leftovers and ``vmm network prune`` share. Pure.
+
+    ``named``: the TAPs the records name (read from corrupt records too); ``active``: those of
+    VMs that run, or that a command holds the lock of right now. Returns (orphans: named by no
+    record, idle: named by a record whose VM is not active)."""
+    orphans: list[str] = []
+    idle: list[str] = []
+    for link in links:
+        if not is_vmm_tap(link) or link.name in active:
+            continue
+        (idle if link.name in named else orphans).append(link.name)
+    return sorted(orphans), sorted(idle)
 
 
 def validate_tap_name(name: str) -> str:

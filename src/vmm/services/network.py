@@ -5,8 +5,6 @@ rule — under the store's global lock.
 
 from __future__ import annotations
 
-import re
-
 from vmm.errors import ConflictError, VmmError
 from vmm.host.liveness import is_alive
 from vmm.log import get_logger
@@ -22,7 +20,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-TAP_RE = re.compile(r"^vmm-[0-9a-z]{8}$")  # what vmm names a VM's TAP: vmm-<its id>
 
 
 class HostNetwork:
@@ -168,20 +165,19 @@ class HostNetwork:
     # -- what no VM uses --------------------------------------------------------------------
 
     def stale_taps(self) -> list[str]:
-        """``vmm-<id>`` TAPs that belong to no running (or starting) VM."""
+        """vmm's TAPs that no running (or starting/stopping) VM uses: orphans and those of
+        stopped VMs (``links.unused_taps``). A corrupt record's TAP is kept, to be safe."""
         from vmm.network import links
 
         vms, problems = self.store.load_all()
-        keep = {vm.tap for vm in vms if self.vm_is_active(vm)}
-        for problem in problems:  # a record we cannot read: keep its TAP, to be safe
-            tap = self.store.salvage(problem.name).tap
-            if tap:
-                keep.add(tap)
-        return sorted(
-            link.name
-            for link in links.list_links(self.runner, "vmm-")
-            if link.is_tap and TAP_RE.match(link.name) and link.name not in keep
+        readable, salvaged = self.store.tap_names(vms, problems)
+        keep = salvaged | {
+            vm.tap for vm in vms if self.vm_is_active(vm) or self.store.is_locked(vm.name)
+        }
+        orphans, idle = links.unused_taps(
+            links.list_links(self.runner, "vmm-"), named=readable, active=keep
         )
+        return sorted(orphans + idle)
 
     def teardown_if_unused(self) -> None:
         """With no VM left, remove what vmm added to the host: its nft table and the bridge."""

@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmm.errors import ValidationError, VmmError
+from vmm.errors import VmmError
 from vmm.host.checks import OK, WARN, Check
 from vmm.record import FrozenRecord
 
@@ -42,11 +42,8 @@ def take_inventory(data_dir: Path, probes: Probes) -> Inventory:
 
     store = Store(data_dir)
     vms, problems = store.load_all()
-    taps = {vm.tap for vm in vms if vm.tap}
-    for p in problems:  # a corrupt record may still name its TAP: never call that one orphaned
-        tap = store.salvage(p.name).tap
-        if tap:
-            taps.add(tap)
+    readable, salvaged = store.tap_names(vms, problems)
+    taps = readable | salvaged  # a corrupt record's TAP is never called orphaned
     names = set(store.names())
     tmp_files: list[str] = []
     dirs: list[str] = []
@@ -74,22 +71,12 @@ def take_inventory(data_dir: Path, probes: Probes) -> Inventory:
     )
 
 
-def is_vmm_tap(link: Link) -> bool:
-    """A TAP device named the way vmm names its VMs' TAPs."""
-    from vmm.network.links import validate_tap_name
-
-    if not link.is_tap:
-        return False
-    try:
-        validate_tap_name(link.name)
-    except ValidationError:
-        return False
-    return True
-
-
 def orphan_taps(links: list[Link], inv: Inventory) -> list[str]:
-    """vmm's TAPs that no VM record names. Pure."""
-    return sorted(lk.name for lk in links if is_vmm_tap(lk) and lk.name not in inv.taps)
+    """vmm's TAPs that no VM record names (``network.links.unused_taps``). Pure."""
+    from vmm.network.links import unused_taps
+
+    orphans, _idle = unused_taps(links, named=set(inv.taps), active=set())
+    return orphans
 
 
 def check_taps(p: Probes, inv: Inventory) -> Check:

@@ -10,6 +10,7 @@ from vmm.errors import NotFoundError, RecordError, ValidationError
 from vmm.host.listeners import Listener, conflicting_listener, parse_proc_net
 from vmm.models import VM, PortForward
 from vmm.network import coexist, forwards
+from vmm.network.firewall import clashes
 from vmm.network.forwards import parse_key, parse_spec
 from vmm.runner import RecordingRunner, Result
 
@@ -93,8 +94,8 @@ def test_find_forward_by_key() -> None:
     ],
 )
 def test_clashes(a: PortForward, b: PortForward, expected: bool) -> None:
-    assert forwards.clashes(a, b) is expected
-    assert forwards.clashes(b, a) is expected  # symmetric
+    assert clashes(a, b) is expected
+    assert clashes(b, a) is expected  # symmetric
 
 
 PROC_TCP = """\

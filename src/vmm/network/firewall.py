@@ -52,7 +52,17 @@ from vmm.runner import Runner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Protocol
+
+    class Forward(Protocol):
+        """A forward as the user wrote it (``models.PortForward``) or as a rule (below)."""
+
+        @property
+        def proto(self) -> str: ...
+        @property
+        def host_port(self) -> int: ...
+        @property
+        def host_addr(self) -> object: ...  # None: every host address
 
 log = get_logger(__name__)
 
@@ -61,6 +71,16 @@ TABLE = "vmm"
 PROTOCOLS = ("tcp", "udp")
 LOOPBACK = IPv4Network("127.0.0.0/8")  # never a valid address on the bridge (see ``localnet``)
 _NFT_HINT = "install nftables (apt-get install nftables) and check that nf_tables is available"
+
+
+def clashes(a: Forward, b: Forward) -> bool:
+    """Both would catch the same packets: same protocol and port, overlapping host address.
+    The one clash rule — for stored forwards (``vmm port-forward add``) and for the rules."""
+    return (
+        a.proto == b.proto
+        and a.host_port == b.host_port
+        and (a.host_addr is None or b.host_addr is None or a.host_addr == b.host_addr)
+    )
 
 
 class PortForward(Value):
@@ -96,16 +116,7 @@ class PortForward(Value):
             raise ValidationError(f"invalid host address {self.host_addr!r}")
 
     def clashes_with(self, other: PortForward) -> bool:
-        """Both would catch the same packets (same protocol and port, overlapping address)."""
-        return (
-            self.proto == other.proto
-            and self.host_port == other.host_port
-            and (
-                self.host_addr is None
-                or other.host_addr is None
-                or self.host_addr == other.host_addr
-            )
-        )
+        return clashes(self, other)
 
     def __str__(self) -> str:
         host = str(self.host_addr) if self.host_addr else "*"

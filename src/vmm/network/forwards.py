@@ -109,15 +109,6 @@ def find(forwards: list[PortForward], key: str) -> PortForward:
     return matches[0]
 
 
-def clashes(a: PortForward, b: PortForward) -> bool:
-    """Both would catch the same packets: same protocol and port, overlapping host address."""
-    return (
-        a.proto == b.proto
-        and a.host_port == b.host_port
-        and (a.host_addr is None or b.host_addr is None or a.host_addr == b.host_addr)
-    )
-
-
 def describe(fwd: PortForward, guest_ip: str) -> str:
     host = fwd.host_addr or "0.0.0.0"
     return f"{host}:{fwd.host_port}/{fwd.proto} -> {guest_ip}:{fwd.guest_port}"

@@ -12,7 +12,8 @@ from ipaddress import IPv4Address
 from vmm import faults
 from vmm.errors import ConflictError, ValidationError, VmmError
 from vmm.models import VM, PortForward, validate_name
-from vmm.network.forwards import ForwardView, clashes, describe, find, parse_spec
+from vmm.network.firewall import clashes
+from vmm.network.forwards import ForwardView, describe, find, parse_spec
 
 TYPE_CHECKING = False  # typing costs a start ~2 ms; mypy still sees these
 if TYPE_CHECKING:

@@ -15,6 +15,8 @@ FIELDS = ("handler", "name", "wait", "timeout", "all", "json")
 
 def full(argv: list[str]) -> dict[str, object]:
     ns = build_parser(argv).parse_args(argv)
+    if isinstance(getattr(ns, "name", None), list) and len(ns.name) == 1:
+        ns.name = ns.name[0]  # start/stop take several names; the fast path takes one
     return {f: getattr(ns, f) for f in FIELDS if hasattr(ns, f)}
 
 

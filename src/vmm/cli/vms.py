@@ -48,16 +48,16 @@ def _add_create(sub: SubParsers) -> None:
 
 
 def _add_start(sub: SubParsers) -> None:
-    s = sub.add_parser("start", help="start a VM and wait until SSH answers")
-    s.add_argument("name")
+    s = sub.add_parser("start", help="start VMs and wait until SSH answers")
+    s.add_argument("name", nargs="+", help="one or more VMs (several start in parallel)")
     s.add_argument("--no-wait", dest="wait", action="store_false", help="return once the VM is booting")
     s.add_argument("--timeout", type=float, default=180.0, metavar="S", help="how long to wait for SSH (default 180)")
     s.set_defaults(handler=cmd_start)
 
 
 def _add_stop(sub: SubParsers) -> None:
-    t = sub.add_parser("stop", help="stop a VM (graceful, then SIGTERM, then SIGKILL)")
-    t.add_argument("name")
+    t = sub.add_parser("stop", help="stop VMs (graceful, then SIGTERM, then SIGKILL)")
+    t.add_argument("name", nargs="+", help="one or more VMs (several stop in parallel)")
     t.add_argument("--timeout", type=float, default=30.0, metavar="S", help="graceful shutdown wait (default 30)")
     t.set_defaults(handler=cmd_stop)
 
@@ -129,8 +129,23 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _several(args: argparse.Namespace, command: str, options: list[str]) -> int | None:
+    """Several names: each VM's command in its own forked child (``cli.fanout``)."""
+    names = [args.name] if isinstance(args.name, str) else list(args.name)
+    if len(names) == 1:
+        args.name = names[0]
+        return None
+    from vmm.cli.fanout import run_each
+
+    return run_each(command, names, options)
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     require_root()
+    options = ["--timeout", repr(args.timeout)] + ([] if args.wait else ["--no-wait"])
+    several = _several(args, "start", options)
+    if several is not None:
+        return several
     vms = app().vms
     vm = vms.start(args.name)
     accel = f", accel {vm.accel_in_use}" if _has_accel(vm.engine) else ""
@@ -148,6 +163,9 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     require_root()
+    several = _several(args, "stop", ["--timeout", repr(args.timeout)])
+    if several is not None:
+        return several
     from vmm.status import StopOutcome
 
     how = app().vms.stop(args.name, timeout=args.timeout)

@@ -28,6 +28,7 @@ SPAWNERS = {
     "vmm.host.process": "the hypervisor, detached in its own session/scope",
     "vmm.guest.nsinit": "pid 1 of the image sandbox, inside its namespaces (stdlib only)",
     "vmm.cli.vms": "`vmm ssh` replaces vmm with ssh (exec, no child)",
+    "vmm.cli.fanout": "forks itself, one child per VM of `vmm start A B C` (no program run)",
 }
 SPAWN_CALLS = {
     ("subprocess", "run"), ("subprocess", "Popen"), ("subprocess", "call"),

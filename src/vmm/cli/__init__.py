@@ -10,21 +10,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from vmm.errors import VmmError
+from vmm.cli.running import Terminated, invoke
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
 
-def _print_error(exc: VmmError) -> None:
-    print(f"error: {exc.brief}", file=sys.stderr)
-    if exc.details:
-        for line in exc.details.splitlines():
-            print(f"  {line}", file=sys.stderr)
-    if exc.hint:
-        print(f"hint: {exc.hint}", file=sys.stderr)
-
+__all__ = ["Terminated", "main"]
 
 _LIST_FLAGS = {"-a": "all", "--all": "all", "--json": "json"}
 
@@ -67,32 +60,6 @@ def _fast_lifecycle_args(argv: list[str]) -> Namespace | None:
     return Namespace(handler=vms.cmd_start, name=name, wait=wait, timeout=timeout, debug=False)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, SIGHUP or SIGINT arrived: unwinds like Ctrl-C, so every command's cleanup
-    (``finally``, ``except BaseException``) runs the same way whichever signal stopped it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    import signal
-
-    # The cleanup that follows must not be cut short by a second signal (a service manager
-    # repeats SIGTERM, an impatient user presses Ctrl-C twice): ignore the rest.
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-    raise Terminated(signum)
-
-
-def _handle_signals() -> None:
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(sig, _on_signal)
-
-
 class Namespace:
     """The subset of argparse.Namespace the fast path needs."""
 
@@ -119,35 +86,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         build_parser().print_help(sys.stderr)
         return 2
-    if not getattr(args, "read_only", False):  # list needs no cleanup on signals
-        _handle_signals()
-    try:
-        rc = handler(args)
-        return int(rc or 0)
-    except VmmError as exc:
-        if debug:
-            raise
-        _print_error(exc)
-        return exc.exit_code
-    except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, Terminated) else 2
-        import signal
-
-        by = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
-        print(f"error: interrupted{by}", file=sys.stderr)
-        return 128 + signum
-    except BrokenPipeError:
-        return 0
-    except OSError as exc:  # an unexpected file or device problem: say which, no traceback
-        if debug:
-            raise
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
-        print("hint: re-run with --debug for details", file=sys.stderr)
-        return 1
-    except Exception as exc:  # a bug in vmm: still one line, the traceback behind --debug
-        if debug:
-            raise
-        print(f"error: internal error ({type(exc).__name__}: {exc})", file=sys.stderr)
-        print("hint: re-run with --debug for the traceback, and please report it", file=sys.stderr)
-        return 1
+    return invoke(handler, args, debug=debug, handle_signals=not getattr(args, "read_only", False))

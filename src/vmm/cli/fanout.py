@@ -1,8 +1,8 @@
 """``vmm start A B C`` / ``vmm stop A B C``: one command, many VMs, in parallel.
 
 The parent has already paid for the interpreter and the imports; it forks one child per VM
-(copy-on-write, a millisecond each) and each child runs the single-VM command through
-``vmm.cli.main`` — the same code, locks, fault points, signal handling and messages as
+(copy-on-write, a millisecond each) and each child runs the single-VM command's handler through
+``cli.running.invoke`` — the same code, locks, fault points, signal handling and messages as
 ``vmm start A`` run on its own. The parent only waits: on SIGTERM/SIGHUP/SIGINT it passes the
 signal on to the children still running, waits for their cleanup, and exits 128+N.
 """
@@ -12,16 +12,17 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from vmm.cli.running import Terminated
 
 MAX_PARALLEL = 32  # children at once; each mostly waits (the hypervisor, SSH)
 
 
-def run_each(command: str, names: Sequence[str], options: Sequence[str]) -> int:
-    """``vmm COMMAND NAME OPTIONS...`` for every name, at most ``MAX_PARALLEL`` at once; 0 when
-    every one succeeded, else 1 with a summary line (each child printed its own error)."""
-    from vmm.cli import Terminated
-
+def run_each(command: str, names: Sequence[str], one: Callable[[str], int]) -> int:
+    """``one(name)`` (the command for one VM, its exit code) for every name, each in a forked
+    child, at most ``MAX_PARALLEL`` at once; 0 when every one succeeded, else 1 with a summary
+    line (each child printed its own error)."""
     pending = list(dict.fromkeys(names))  # a name given twice runs once
     running: dict[int, str] = {}
     failed: list[str] = []
@@ -31,7 +32,7 @@ def run_each(command: str, names: Sequence[str], options: Sequence[str]) -> int:
         while pending or running:
             while pending and len(running) < MAX_PARALLEL:
                 name = pending.pop(0)
-                running[_fork(command, name, options)] = name
+                running[_fork(one, name)] = name
             pid, status = os.wait()
             name = running.pop(pid, "")
             if name and os.waitstatus_to_exitcode(status) != 0:
@@ -53,15 +54,13 @@ def run_each(command: str, names: Sequence[str], options: Sequence[str]) -> int:
     return 0
 
 
-def _fork(command: str, name: str, options: Sequence[str]) -> int:
+def _fork(one: Callable[[str], int], name: str) -> int:
     pid = os.fork()
     if pid:
         return pid
     code = 1
-    try:  # the child: exactly ``vmm COMMAND NAME OPTIONS``
-        from vmm.cli import main
-
-        code = main([command, name, *options])
+    try:  # the child: the one-VM command, then out without running the parent's cleanup
+        code = one(name)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -129,21 +129,30 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _several(args: argparse.Namespace, command: str, options: list[str]) -> int | None:
-    """Several names: each VM's command in its own forked child (``cli.fanout``)."""
+def _several(args: argparse.Namespace, command: str) -> int | None:
+    """Several names: this command for each VM in its own forked child (``cli.fanout``)."""
     names = [args.name] if isinstance(args.name, str) else list(args.name)
     if len(names) == 1:
         args.name = names[0]
         return None
-    from vmm.cli.fanout import run_each
+    import copy
 
-    return run_each(command, names, options)
+    from vmm.cli.fanout import run_each
+    from vmm.cli.running import invoke
+
+    handler = cmd_start if command == "start" else cmd_stop
+
+    def one(name: str) -> int:
+        single = copy.copy(args)
+        single.name = name
+        return invoke(handler, single, debug=bool(getattr(args, "debug", False)), handle_signals=True)
+
+    return run_each(command, names, one)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     require_root()
-    options = ["--timeout", repr(args.timeout)] + ([] if args.wait else ["--no-wait"])
-    several = _several(args, "start", options)
+    several = _several(args, "start")
     if several is not None:
         return several
     vms = app().vms
@@ -163,7 +172,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     require_root()
-    several = _several(args, "stop", ["--timeout", repr(args.timeout)])
+    several = _several(args, "stop")
     if several is not None:
         return several
     from vmm.status import StopOutcome

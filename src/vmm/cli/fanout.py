@@ -16,7 +16,36 @@ from collections.abc import Callable, Sequence
 
 from vmm.cli.running import Terminated
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vmm.app import Vmm
+
 MAX_PARALLEL = 32  # children at once; each mostly waits (the hypervisor, SSH)
+
+# What a start or stop imports lazily (each module loads only what its commands need): loaded
+# once in the parent before forking, so no child pays for it. A module missing here is still
+# imported by the child that needs it, only not shared.
+LIFECYCLE_MODULES = (
+    "vmm.services.vms", "vmm.services.network", "vmm.guest.rootfs", "vmm.guest.ext4",
+    "vmm.guest.customize", "vmm.guest.mounts", "vmm.network.links", "vmm.network.firewall",
+    "vmm.network.coexist", "vmm.network.sysctl", "vmm.network.ipam", "vmm.network.forwards",
+    "vmm.host.ssh", "vmm.engines.base", "vmm.engines.managed",
+)  # fmt: skip
+
+
+def warm(app: Vmm, names: Sequence[str]) -> None:
+    """Import the lifecycle's modules and the engines the named VMs use, in this process."""
+    import importlib
+
+    from vmm.errors import VmmError
+
+    for module in LIFECYCLE_MODULES:
+        importlib.import_module(module)
+    for name in dict.fromkeys(names):
+        try:
+            app.engine(app.store.load(name).engine)
+        except VmmError:
+            continue  # the child says what is wrong with this one
 
 
 def run_each(command: str, names: Sequence[str], one: Callable[[str], int]) -> int:

@@ -137,10 +137,11 @@ def _several(args: argparse.Namespace, command: str) -> int | None:
         return None
     import copy
 
-    from vmm.cli.fanout import run_each
+    from vmm.cli.fanout import run_each, warm
     from vmm.cli.running import invoke
 
     handler = cmd_start if command == "start" else cmd_stop
+    warm(app(), names)  # the children inherit what the parent imported
 
     def one(name: str) -> int:
         single = copy.copy(args)

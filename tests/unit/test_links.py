@@ -73,6 +73,9 @@ def test_ensure_bridge_is_a_no_op_when_in_place() -> None:
     assert devices.addresses["vmm-br0"] == [IPv4Interface("172.16.0.1/16")]
 
 
+BATCH = ["ip", "-batch", "-"]
+
+
 def test_ensure_bridge_and_tap_share_one_read() -> None:
     """A start's steps pass the devices along: one ``ip`` read for the bridge and the TAP."""
     runner = recorder(**{ADDR_SHOW: _links(BRIDGE_WITH_ADDRESS, TAP)})
@@ -82,9 +85,11 @@ def test_ensure_bridge_and_tap_share_one_read() -> None:
     assert runner.calls == [
         ["ip", "-j", "-d", "addr", "show"],
         ["ip", "link", "del", "dev", "vmm-abcd1234"],  # the stale TAP the read found
-        ["ip", "tuntap", "add", "dev", "vmm-abcd1234", "mode", "tap"],
-        ["ip", "link", "set", "dev", "vmm-abcd1234", "master", "vmm-br0", "up"],
+        BATCH,
     ]
+    assert runner.inputs[-1] == (
+        "tuntap add dev vmm-abcd1234 mode tap\nlink set dev vmm-abcd1234 master vmm-br0 up\n"
+    )
     assert devices.get("nope") is None and "vmm-abcd1234" in repr(devices)
 
 
@@ -130,47 +135,26 @@ def test_ensure_bridge_refuses_a_non_bridge() -> None:
 def test_ensure_tap_fresh() -> None:
     runner = recorder(**{LINK_SHOW: _links(BRIDGE)})
     links.ensure_tap(runner, "vmm-abcd1234", "vmm-br0", user=1000, group=1000)
-    assert runner.calls[1:] == [
-        [
-            "ip",
-            "tuntap",
-            "add",
-            "dev",
-            "vmm-abcd1234",
-            "mode",
-            "tap",
-            "user",
-            "1000",
-            "group",
-            "1000",
-        ],
-        ["ip", "link", "set", "dev", "vmm-abcd1234", "master", "vmm-br0", "up"],
-    ]
+    assert runner.calls[1:] == [BATCH]
+    assert runner.inputs[-1] == (
+        "tuntap add dev vmm-abcd1234 mode tap user 1000 group 1000\n"
+        "link set dev vmm-abcd1234 master vmm-br0 up\n"
+    )
 
 
 def test_ensure_tap_hairpin() -> None:
     runner = recorder(**{LINK_SHOW: _links(BRIDGE)})
     links.ensure_tap(runner, "vmm-abcd1234", "vmm-br0", hairpin=True)
-    assert runner.calls[-1] == [
-        "ip",
-        "link",
-        "set",
-        "dev",
-        "vmm-abcd1234",
-        "type",
-        "bridge_slave",
-        "hairpin",
-        "on",
-    ]
+    assert runner.calls[-1] == BATCH
+    assert (runner.inputs[-1] or "").splitlines()[-1] == (
+        "link set dev vmm-abcd1234 type bridge_slave hairpin on"
+    )
 
 
 def test_ensure_tap_recreates_an_existing_tap() -> None:
     runner = recorder(**{LINK_SHOW: _links(BRIDGE, TAP)})
     links.ensure_tap(runner, "vmm-abcd1234", "vmm-br0")
-    assert runner.calls[1:3] == [
-        ["ip", "link", "del", "dev", "vmm-abcd1234"],
-        ["ip", "tuntap", "add", "dev", "vmm-abcd1234", "mode", "tap"],
-    ]
+    assert runner.calls[1:3] == [["ip", "link", "del", "dev", "vmm-abcd1234"], BATCH]
 
 
 def test_ensure_tap_needs_the_bridge() -> None:
@@ -189,7 +173,7 @@ def test_ensure_tap_undoes_the_tap_when_attaching_fails() -> None:
     class Failing(RecordingRunner):
         def run(self, argv, **kw):  # type: ignore[no-untyped-def]
             result = super().run(argv, **kw)
-            if "master" in argv:
+            if argv == BATCH:  # the TAP was made, attaching it failed
                 raise CommandError(argv, 1, "Cannot find device")
             return result
 

@@ -19,6 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
 
+    from vmm.app import Vmm
     from vmm.cli.parser import SubParsers
 
 
@@ -129,6 +130,13 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _services(args: argparse.Namespace) -> Vmm:
+    """The composition root: a several-VM command's child gets its parent's (already built,
+    engines included), anything else builds one."""
+    services: Vmm | None = getattr(args, "services", None)
+    return services if services is not None else app()
+
+
 def _several(args: argparse.Namespace, command: str) -> int | None:
     """Several names: this command for each VM in its own forked child (``cli.fanout``)."""
     names = [args.name] if isinstance(args.name, str) else list(args.name)
@@ -141,11 +149,13 @@ def _several(args: argparse.Namespace, command: str) -> int | None:
     from vmm.cli.running import invoke
 
     handler = cmd_start if command == "start" else cmd_stop
-    warm(app(), names)  # the children inherit what the parent imported
+    services = app()
+    warm(services, names)  # the children inherit what the parent imported and built
 
     def one(name: str) -> int:
         single = copy.copy(args)
         single.name = name
+        single.services = services
         return invoke(handler, single, debug=bool(getattr(args, "debug", False)), handle_signals=True)
 
     return run_each(command, names, one)
@@ -156,7 +166,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     several = _several(args, "start")
     if several is not None:
         return several
-    vms = app().vms
+    vms = _services(args).vms
     vm = vms.start(args.name)
     accel = f", accel {vm.accel_in_use}" if _has_accel(vm.engine) else ""
     print(f"Started VM {vm.name} ({vm.engine}{accel}) at {vm.ip}", flush=True)
@@ -178,7 +188,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         return several
     from vmm.status import StopOutcome
 
-    how = app().vms.stop(args.name, timeout=args.timeout)
+    how = _services(args).vms.stop(args.name, timeout=args.timeout)
     if how == StopOutcome.NOT_RUNNING:
         print(f"VM {args.name} is not running")
     else:

@@ -286,16 +286,18 @@ def ensure_tap(
             )
         log.info("deleting stale TAP %s", name)
         _delete_link(runner, name)
-    argv = ["ip", "tuntap", "add", "dev", name, "mode", "tap"]
+    add = f"tuntap add dev {name} mode tap"
     if user is not None:
-        argv += ["user", str(user)]
+        add += f" user {int(user)}"
     if group is not None:
-        argv += ["group", str(group)]
-    runner.run(argv)
+        add += f" group {int(group)}"
+    lines = [add, f"link set dev {name} master {bridge} up"]
+    if hairpin:
+        lines.append(f"link set dev {name} type bridge_slave hairpin on")
+    # One ip for the three steps (names validated above: no spaces, no newlines); it stops
+    # at the first failure, and what it made is removed again.
     try:
-        runner.run(["ip", "link", "set", "dev", name, "master", bridge, "up"])
-        if hairpin:
-            runner.run(["ip", "link", "set", "dev", name, "type", "bridge_slave", "hairpin", "on"])
+        runner.run(["ip", "-batch", "-"], input="\n".join(lines) + "\n")
     except BaseException:
         _delete_link(runner, name, quiet=True)
         raise

@@ -110,6 +110,18 @@ class Salvaged(FrozenRecord):
     image_paths: tuple[str, ...]
 
 
+def _stems(directory: Path, suffix: str) -> list[str]:
+    """The names of ``directory``'s visible entries ending in ``suffix`` (which is cut off);
+    with no suffix, the entries without a dot. None when the directory does not exist."""
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    if not suffix:
+        return sorted(e for e in entries if "." not in e)
+    return sorted(e[: -len(suffix)] for e in entries if e.endswith(suffix) and not e.startswith("."))
+
+
 def _salvage_field(text: str, key: str, shape: str) -> str | None:
     m = re.search(rf'"{key}"\s*:\s*"({shape})"', text)
     return m.group(1) if m else None
@@ -273,27 +285,15 @@ class Store:
 
     def names(self) -> list[str]:
         """VMs: ``vms/<name>.json``."""
-        try:
-            entries = os.listdir(self.vms_dir)
-        except FileNotFoundError:
-            return []
-        return sorted(e[:-5] for e in entries if e.endswith(".json") and not e.startswith("."))
+        return _stems(self.vms_dir, ".json")
 
     def image_names(self) -> list[str]:
         """Images: ``images/<name>.ext4`` (with an optional ``<name>.json`` beside it)."""
-        try:
-            entries = os.listdir(self.images_dir)
-        except FileNotFoundError:
-            return []
-        return sorted(e[:-5] for e in entries if e.endswith(".ext4") and not e.startswith("."))
+        return _stems(self.images_dir, ".ext4")
 
     def kernel_names(self) -> list[str]:
         """Kernels: ``images/kernels/<name>`` (no dot: ``<name>.initrd``/``.json`` go with it)."""
-        try:
-            entries = os.listdir(self.kernels_dir)
-        except FileNotFoundError:
-            return []
-        return sorted(e for e in entries if "." not in e and (self.kernels_dir / e).is_file())
+        return [e for e in _stems(self.kernels_dir, "") if (self.kernels_dir / e).is_file()]
 
     def load_all(self) -> tuple[list[VM], list[RecordProblem]]:
         """Every readable record, plus one problem per record that could not be read."""

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from vmm.errors import CommandError, ValidationError, VmmError
+from vmm.record import Value
 from vmm.runner import Result, Runner
 
 MiB = 1024 * 1024
@@ -37,11 +38,9 @@ TOOL_UID = 65533
 _NOT_FOUND = re.compile(r"^(/\S*): File not found by ext2_lookup")
 
 
-class GuestFile:
+class GuestFile(Value):
     """A file to put into a guest image; ``symlink_to`` makes it a symbolic link instead.
-
-    A frozen value (equal, hashable, read-only attributes), without ``dataclasses``: it is on
-    every start's import path."""
+    A frozen value (equal, hashable, read-only attributes): it is on every start's path."""
 
     __slots__ = ("path", "content", "mode", "uid", "gid", "symlink_to")
     path: str
@@ -60,30 +59,7 @@ class GuestFile:
         gid: int = 0,
         symlink_to: str | None = None,
     ) -> None:
-        for name, value in zip(self.__slots__, (path, content, mode, uid, gid, symlink_to), strict=True):
-            object.__setattr__(self, name, value)
-
-    def _values(self) -> tuple[object, ...]:
-        return (self.path, self.content, self.mode, self.uid, self.gid, self.symlink_to)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, GuestFile)
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={v!r}" for n, v in zip(self.__slots__, self._values(), strict=True))
-        return f"GuestFile({inner})"
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"GuestFile is frozen: cannot set {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"GuestFile is frozen: cannot delete {name!r}")
+        self._init(path, content, mode, uid, gid, symlink_to)
 
 
 def is_ext4(path: Path) -> bool:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 
 from vmm.log import get_logger
-from vmm.network.iproute import Value
 from vmm.network.links import validate_ifname
+from vmm.record import Value
 from vmm.runner import Runner
 
 TYPE_CHECKING = False

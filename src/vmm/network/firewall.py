@@ -46,8 +46,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 from vmm.errors import ConflictError, ValidationError, VmmError
 from vmm.log import get_logger
-from vmm.network.iproute import Value
 from vmm.network.links import validate_ifname
+from vmm.record import Value
 from vmm.runner import Runner
 
 TYPE_CHECKING = False

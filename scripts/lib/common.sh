@@ -54,7 +54,7 @@ ensure_venv() {
     rm -rf "$venv"
     /usr/bin/python3 -m venv "$venv"
     quietly "$venv/bin/pip" install --upgrade pip
-    quietly "$venv/bin/pip" install -e "${REPO}[test]"
+    quietly "$venv/bin/pip" install -e "${REPO}[test,web]"  # web: vmm serve and its tests
     echo "$stamp" > "$venv/.stamp"
   else
     # Cheap: re-links the editable install if the tree moved.

@@ -30,6 +30,7 @@ COMMAND_MODULES: dict[str, str] = {
     "mount": "vmm.cli.mounts",
     "config": "vmm.cli.settings",
     "version": "vmm.cli.settings",
+    "serve": "vmm.cli.serve",
     "service": "vmm.cli.host",
     "autostart": "vmm.cli.host",
     "autostop": "vmm.cli.host",

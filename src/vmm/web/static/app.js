@@ -1,0 +1,64 @@
+// vmm's pages: live updates from the server's events, the console log followed live.
+// No inline script anywhere (CSP default-src 'self'); htmx does the requests.
+(function () {
+  "use strict";
+
+  // Reload every [data-live=KIND] fragment from its data-src (coalesced: one reload per burst).
+  var pending = {};
+  function reload(kind) {
+    if (pending[kind]) return;
+    pending[kind] = setTimeout(function () {
+      pending[kind] = null;
+      document.querySelectorAll('[data-live="' + kind + '"]').forEach(function (el) {
+        if (!el.dataset.src || !window.htmx) return;
+        var opts = { target: el, swap: "outerHTML" };
+        if (el.dataset.select) opts.select = el.dataset.select;
+        htmx.ajax("GET", el.dataset.src, opts);
+      });
+    }, 30);
+  }
+
+  function connectEvents() {
+    var url = document.body && document.body.dataset.events;
+    if (!url || !window.EventSource) return;
+    var live = document.getElementById("live");
+    var source = new EventSource(url);
+    var first = true;
+    source.addEventListener("open", function () { if (live) live.classList.add("on"); });
+    source.addEventListener("error", function () { if (live) live.classList.remove("on"); });
+    source.addEventListener("snapshot", function () {
+      if (!first) reload("vms"); // reconnected: catch up on what was missed
+      first = false;
+    });
+    source.addEventListener("vm", function () { reload("vms"); });
+    source.addEventListener("vm-removed", function () { reload("vms"); });
+    source.addEventListener("job", function () { reload("jobs"); });
+    source.addEventListener("overflow", function () { source.close(); setTimeout(connectEvents, 500); });
+    window.addEventListener("pagehide", function () { source.close(); });
+  }
+
+  function followConsole() {
+    var pre = document.getElementById("console");
+    if (!pre || !window.EventSource) return;
+    var source = new EventSource(pre.dataset.follow);
+    source.addEventListener("log", function (e) {
+      var atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.appendChild(document.createTextNode(JSON.parse(e.data)));
+      if (pre.textContent.length > 400000) pre.textContent = pre.textContent.slice(-200000);
+      if (atEnd) pre.scrollTop = pre.scrollHeight;
+    });
+    window.addEventListener("pagehide", function () { source.close(); });
+  }
+
+  // A successful create empties the form's name field for the next one.
+  document.addEventListener("htmx:afterRequest", function (e) {
+    var form = e.detail.elt;
+    if (form && form.id === "create-form" && e.detail.successful) form.reset();
+    if (form && form.id === "forward-form" && e.detail.successful) form.reset();
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    connectEvents();
+    followConsole();
+  });
+})();

@@ -8,7 +8,7 @@
 - WebSockets: the same authentication, and an ``Origin`` that is the server's own;
 - request bodies: a ``Content-Length`` is required and at most ``MAX_BODY`` bytes;
 - security headers on every response: a CSP of ``default-src 'self'`` (everything the pages
-  load is vendored in the package), no framing, no sniffing, no referrer; HSTS with TLS.
+  load is vendored in the package), no framing, no sniffing, no referrer to other sites; HSTS with TLS.
   No CORS header is ever sent, so other origins cannot read any answer.
 """
 
@@ -47,7 +47,7 @@ CSP_TERMINAL = CSP + "; style-src 'self' 'unsafe-inline'"
 HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # no-referrer makes Chromium send "Origin: null"
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),

@@ -23,13 +23,10 @@
     if (!url || !window.EventSource) return;
     var live = document.getElementById("live");
     var source = new EventSource(url);
-    var first = true;
     source.addEventListener("open", function () { if (live) live.classList.add("on"); });
     source.addEventListener("error", function () { if (live) live.classList.remove("on"); });
-    source.addEventListener("snapshot", function () {
-      if (!first) reload("vms"); // reconnected: catch up on what was missed
-      first = false;
-    });
+    // (Re)connected: catch up on whatever changed between the page's render and now.
+    source.addEventListener("snapshot", function () { reload("vms"); reload("jobs"); });
     source.addEventListener("vm", function () { reload("vms"); });
     source.addEventListener("vm-removed", function () { reload("vms"); });
     source.addEventListener("job", function () { reload("jobs"); });

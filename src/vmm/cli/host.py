@@ -45,6 +45,10 @@ def _add_service(sub: SubParsers) -> None:
     si.add_argument(
         "--print", dest="print_only", action="store_true", help="print the unit, change nothing"
     )
+    si.add_argument(
+        "--web", action="store_true",
+        help="install vmm-web.service instead: the web UI and API ('vmm serve') at boot",
+    )
     si.set_defaults(handler=cmd_service_install)
     su = s_sub.add_parser(
         "uninstall", help="disable and remove vmm.service (running VMs keep running)"
@@ -102,17 +106,18 @@ def _add_complete(sub: SubParsers) -> None:
 def _service(args: argparse.Namespace) -> Service:
     from pathlib import Path
 
-    from vmm.host.systemd import UNIT_DIR, Service
+    from vmm.host.systemd import UNIT_DIR, UNIT_NAME, WEB_UNIT_NAME, Service
 
-    return Service(unit_dir=Path(args.unit_dir) if args.unit_dir else UNIT_DIR)
+    unit_name = WEB_UNIT_NAME if getattr(args, "web", False) else UNIT_NAME
+    return Service(unit_dir=Path(args.unit_dir) if args.unit_dir else UNIT_DIR, unit_name=unit_name)
 
 
 def cmd_service_install(args: argparse.Namespace) -> int:
-    from vmm.host.systemd import default_spec, render_unit
+    from vmm.host.systemd import default_spec, render_unit, render_web_unit
 
     load_config()  # a unit that runs vmm with a broken config would fail at every boot
     vmm_bin = os.path.abspath(args.vmm) if args.vmm else None
-    text = render_unit(default_spec(vmm_bin))
+    text = (render_web_unit if args.web else render_unit)(default_spec(vmm_bin))
     if args.print_only:
         print(text, end="")
         return 0

@@ -22,6 +22,7 @@ from vmm.record import FrozenRecord
 from vmm.runner import Runner
 
 UNIT_NAME = "vmm.service"
+WEB_UNIT_NAME = "vmm-web.service"  # 'vmm serve', next to vmm.service (service install --web)
 UNIT_DIR = Path("/etc/systemd/system")
 WANTED_BY = "multi-user.target"
 # Per VM: the graceful wait, then SIGTERM (5 s), then SIGKILL (5 s), then QEMU's settle.
@@ -80,6 +81,42 @@ def render_unit(spec: UnitSpec) -> str:
     return "\n".join(lines)
 
 
+def render_web_unit(spec: UnitSpec) -> str:
+    """The text of ``vmm-web.service``: ``vmm serve`` with its defaults (127.0.0.1:8080, the
+    token in /etc/vmm/api-token). Pure.
+
+    ``KillMode=process``: stopping the web server signals the server alone, never a VM it
+    started (they run in scopes of their own where systemd-run exists, else in this cgroup).
+    Options (``--listen``, TLS) go into a drop-in: ``systemctl edit vmm-web``."""
+    if not os.path.isabs(spec.vmm_bin):
+        raise VmmError(f"the vmm binary must be an absolute path, got {spec.vmm_bin!r}")
+    lines = [
+        "# Installed by 'vmm service install --web'. The web UI and JSON API ('vmm serve');",
+        "# add options with 'systemctl edit vmm-web' (an ExecStart= line, then the new one).",
+        "[Unit]",
+        "Description=vmm web UI and JSON API (vmm serve)",
+        "After=network-online.target vmm.service",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        "Type=exec",
+    ]
+    lines += [f"Environment={quote(f'{k}={v}')}" for k, v in spec.environment]
+    lines += [
+        f"ExecStart={quote(spec.vmm_bin)} serve",
+        "Restart=on-failure",
+        "RestartSec=2",
+        "KillMode=process",
+        "TimeoutStopSec=30",
+        "UMask=0077",
+        "",
+        "[Install]",
+        f"WantedBy={WANTED_BY}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def default_spec(vmm_bin: str | None = None) -> UnitSpec:
     """The unit for this vmm: its own executable and the config/data dir now in effect."""
     from vmm.config import config_path, root_only_writable, system_config_path
@@ -130,7 +167,8 @@ class ServiceStatus(FrozenRecord):
 
 
 class Service:
-    """Install, remove and query ``vmm.service``; ``systemctl`` only when systemd runs."""
+    """Install, remove and query ``vmm.service`` (or ``unit_name``: ``vmm-web.service``);
+    ``systemctl`` only when systemd runs."""
 
     def __init__(
         self,
@@ -138,18 +176,20 @@ class Service:
         unit_dir: Path = UNIT_DIR,
         runner: Runner | None = None,
         systemd: bool | None = None,
+        unit_name: str = UNIT_NAME,
     ):
         self.unit_dir = unit_dir
         self.runner = runner or Runner()
         self.systemd = systemd_running() if systemd is None else systemd
+        self.unit_name = unit_name
 
     @property
     def unit_path(self) -> Path:
-        return self.unit_dir / UNIT_NAME
+        return self.unit_dir / self.unit_name
 
     @property
     def wants_link(self) -> Path:
-        return self.unit_dir / f"{WANTED_BY}.wants" / UNIT_NAME
+        return self.unit_dir / f"{WANTED_BY}.wants" / self.unit_name
 
     def _systemctl(self, *args: str, check: bool = True) -> str:
         return self.runner.run(
@@ -173,12 +213,12 @@ class Service:
             return done
         if self.systemd:
             self._systemctl("daemon-reload")
-            self._systemctl("enable", UNIT_NAME)
-            done.append(f"enabled {UNIT_NAME} (starts at the next boot; now: systemctl start vmm)")
+            self._systemctl("enable", self.unit_name)
+            done.append(f"enabled {self.unit_name} (starts at the next boot; now: systemctl start {self.unit_name.removesuffix('.service')})")
         else:
             done.append(
                 "systemd is not running (not PID 1): skipped 'systemctl enable'; on a systemd "
-                f"host run: systemctl daemon-reload && systemctl enable {UNIT_NAME}"
+                f"host run: systemctl daemon-reload && systemctl enable {self.unit_name}"
             )
         return done
 
@@ -186,8 +226,8 @@ class Service:
         """Disable and remove the unit. Does not stop it (that would stop every VM)."""
         done = []
         if self.systemd and self.unit_path.exists():
-            self._systemctl("disable", UNIT_NAME, check=False)
-            done.append(f"disabled {UNIT_NAME}")
+            self._systemctl("disable", self.unit_name, check=False)
+            done.append(f"disabled {self.unit_name}")
         elif self.wants_link.is_symlink():
             self.wants_link.unlink()
             done.append(f"removed {self.wants_link}")
@@ -213,8 +253,8 @@ class Service:
         enabled = self.wants_link.exists()
         active = None
         if self.systemd and text is not None:
-            active = self._systemctl("is-active", UNIT_NAME, check=False) or "unknown"
-            enabled = self._systemctl("is-enabled", UNIT_NAME, check=False) == "enabled"
+            active = self._systemctl("is-active", self.unit_name, check=False) or "unknown"
+            enabled = self._systemctl("is-enabled", self.unit_name, check=False) == "enabled"
         return ServiceStatus(
             unit_path=str(self.unit_path),
             installed=text is not None,

@@ -4,8 +4,9 @@ namespace, with the fake firecracker and a fake kernel + small ext4 image as ``d
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,12 @@ from tests.netns import NetNS, require_netns
 from tests.web.harness import Server
 
 
-def make_server(*, extra: list[str] | None = None, password: bool = True) -> Iterator[Server]:
+def make_server(
+    *,
+    extra: list[str] | None = None,
+    password: bool = True,
+    setup: Callable[[VmmEnv, Path], None] = use_fake_firecracker,
+) -> Iterator[Server]:
     require_netns()
     root = Path("/tmp") / f"vmmw{secrets.token_hex(3)}"
     root.mkdir(mode=0o755)
@@ -22,7 +28,7 @@ def make_server(*, extra: list[str] | None = None, password: bool = True) -> Ite
     ns = NetNS().create()
     server = Server(env, ns, root, extra=extra)
     try:
-        use_fake_firecracker(env, root / "fake")
+        setup(env, root / "fake")
         if password:
             server.set_password()
         server.start()
@@ -31,6 +37,13 @@ def make_server(*, extra: list[str] | None = None, password: bool = True) -> Ite
         server.stop()
         ns.delete()
         remove_test_dir(root)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from tests.web.browsing import chromium
+
+    yield from chromium()
 
 
 @pytest.fixture(scope="module")

@@ -280,3 +280,72 @@ class SSE:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class WebSocketClient:
+    """A minimal WebSocket client (RFC 6455) over the relay: enough to test the terminal's
+    handshake (status, Origin check) and read its binary frames."""
+
+    def __init__(self, server: Server, path: str, headers: dict[str, str]):
+        import base64
+        import secrets as _secrets
+
+        assert server.relay is not None
+        self.sock = socket.create_connection(("127.0.0.1", server.relay.port), timeout=30)
+        key = base64.b64encode(_secrets.token_bytes(16)).decode()
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{server.relay.port}", "Upgrade: websocket",
+                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+                 *(f"{k}: {v}" for k, v in headers.items())]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            self.buf += chunk
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        self.status = int(head.split(b" ", 2)[1]) if head else 0
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("websocket closed")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv(self) -> tuple[int, bytes]:
+        """(opcode, payload) of the next frame."""
+        b0, b1 = self._read(2)
+        length = b1 & 0x7F
+        if length == 126:
+            length = int.from_bytes(self._read(2), "big")
+        elif length == 127:
+            length = int.from_bytes(self._read(8), "big")
+        return b0 & 0x0F, self._read(length)
+
+    def send(self, payload: bytes, opcode: int = 2) -> None:
+        mask = os.urandom(4)
+        n = len(payload)
+        head = bytes([0x80 | opcode])
+        if n < 126:
+            head += bytes([0x80 | n])
+        elif n < 65536:
+            head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+        else:
+            head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def read_until(self, needle: bytes, timeout: float = 10.0) -> bytes:
+        self.sock.settimeout(timeout)
+        seen = b""
+        while needle not in seen:
+            opcode, payload = self.recv()
+            if opcode == 8:
+                break
+            seen += payload
+        return seen
+
+    def close(self) -> None:
+        self.sock.close()

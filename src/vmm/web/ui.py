@@ -10,7 +10,7 @@ import functools
 from pathlib import Path
 
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from vmm.errors import ValidationError, VmmError
 from vmm.models import validate_name
@@ -18,6 +18,7 @@ from vmm.web import api, api_host
 from vmm.web.auth import load_password_hash, verify_password
 from vmm.web.common import call, client_ip, ctx, read_form
 from vmm.web.security import cross_site, session_cookie
+from vmm.web.terminal import terminal
 from vmm.web.views import error_status, human_duration, vm_json
 
 TYPE_CHECKING = False
@@ -191,6 +192,23 @@ async def vm_fragment(request: Request) -> Response:
     return render(request, "_vm_detail.html", vm=vm_json(c.vmm.view(vm)), forwards=forwards)
 
 
+async def terminal_page(request: Request) -> Response:
+    from vmm.engines import registry
+
+    c = ctx(request)
+    try:
+        name = validate_name(request.path_params["name"])
+        vm = await call(c.vmm.get, name)
+    except VmmError as exc:
+        return render(request, "error.html", status=error_status(exc), error=exc)
+    has_console = registry.info(vm.engine).can(registry.CONSOLE)
+    kind = request.query_params.get("kind") or ("console" if has_console else "ssh")
+    if kind not in ("console", "ssh") or (kind == "console" and not has_console):
+        kind = "ssh"
+    return render(request, "terminal.html", vm=vm_json(c.vmm.view(vm)), kind=kind,
+                  has_console=has_console, page="vms")
+
+
 async def images_page(request: Request) -> Response:
     c = ctx(request)
     images = await call(api_host.images_json, c.vmm)
@@ -326,6 +344,7 @@ ROUTES = [
     Route("/logout", logout, methods=["POST"]),
     Route("/", dashboard, methods=["GET"]),
     Route("/vms/{name}", vm_page, methods=["GET"]),
+    Route("/vms/{name}/terminal", terminal_page, methods=["GET"]),
     Route("/images", images_page, methods=["GET"]),
     Route("/network", network_page, methods=["GET"]),
     Route("/doctor", doctor_page, methods=["GET"]),
@@ -341,4 +360,5 @@ ROUTES = [
     Route("/ui/vms/{name}/forwards/remove", remove_forward, methods=["POST"]),
     Route("/ui/images/{name}/delete", delete_image, methods=["POST"]),
     Route("/ui/kernels/{name}/delete", delete_kernel, methods=["POST"]),
+    WebSocketRoute("/ws/vms/{name}/{kind}", terminal),
 ]

@@ -174,10 +174,21 @@ class Server:
     @property
     def base(self) -> str:
         assert self.relay is not None
-        return f"http://127.0.0.1:{self.relay.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.relay.port}"
+
+    @property
+    def tls(self) -> bool:
+        return "--tls-cert" in self.extra
 
     def connection(self, timeout: float = 30.0) -> http.client.HTTPConnection:
         assert self.relay is not None
+        if self.tls:  # the tests' self-signed certificate
+            import ssl
+
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return http.client.HTTPSConnection("127.0.0.1", self.relay.port, timeout=timeout, context=context)
         return http.client.HTTPConnection("127.0.0.1", self.relay.port, timeout=timeout)
 
     def request(

@@ -4,12 +4,16 @@ file's mode, and secrets in the log."""
 
 from __future__ import annotations
 
+import http.client
 import re
 import stat
+import subprocess
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
+from tests.web.conftest import make_server
 from tests.web.harness import PASSWORD, Server
 
 pytestmark = pytest.mark.integration
@@ -22,6 +26,8 @@ def all_routes() -> list[tuple[str, str]]:
 
     out = []
     for route in [*api.ROUTES, *api_host.ROUTES, *ui.ROUTES]:
+        if not hasattr(route, "methods"):
+            continue  # the terminal's WebSocket: tests/web/test_terminal.py
         path = (route.path.replace("{name}", "keep").replace("{id}", "x")
                 .replace("{key:path}", "8080"))  # fmt: skip
         for method in sorted(route.methods - {"HEAD"}):
@@ -181,3 +187,25 @@ def test_a_readable_token_file_stops_the_server(server: Server) -> None:
     bad.chmod(0o644)
     r = server.env.run("serve", "--listen", "127.0.0.1:8098", "--token-file", str(bad))
     assert r.returncode == 1 and "can be read or written by others" in r.stderr
+
+
+def test_tls_serves_https_with_secure_cookies_and_hsts(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    # a non-loopback address is fine with TLS (no --insecure)
+    gen = make_server(extra=["--listen", "0.0.0.0:8080", "--tls-cert", str(cert), "--tls-key", str(key)])
+    s = next(gen)
+    try:
+        assert "Serving vmm on https://0.0.0.0:8080/" in s.log.read_text()
+        r = s.request("GET", "/api/v1/vms")
+        assert r.status == 200 and r.headers["Strict-Transport-Security"].startswith("max-age=")
+        r = s.request("POST", "/login", auth=False, raw=urlencode({"password": PASSWORD}).encode(), headers=FORM)
+        assert r.status == 303 and "; Secure" in r.headers["Set-Cookie"]
+        plain = http.client.HTTPConnection("127.0.0.1", s.relay.port, timeout=10)  # type: ignore[union-attr]
+        with pytest.raises((OSError, http.client.HTTPException)):
+            plain.request("GET", "/healthz")
+            assert plain.getresponse().status != 200
+    finally:
+        next(gen, None)

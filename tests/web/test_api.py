@@ -197,3 +197,41 @@ def test_network_doctor_images_kernels(server: Server) -> None:
     assert isinstance(doctor["healthy"], bool) and doctor["checks"]
     assert [i["name"] for i in server.request("GET", "/api/v1/images").json()["images"]] == ["default"]
     assert [k["name"] for k in server.request("GET", "/api/v1/kernels").json()["kernels"]] == ["default"]
+
+
+def test_mounts_autostart_and_network_prune(server: Server) -> None:
+    share = server.env.root / "share"
+    share.mkdir(exist_ok=True)
+    (share / "hello.txt").write_text("hi from the host\n")
+    r = server.request("POST", "/api/v1/vms", {"name": "mnt", "mounts": [f"{share}:code"]})
+    assert r.status == 201, r
+    mounts = server.request("GET", "/api/v1/vms/mnt/mounts").json()["mounts"]
+    assert [(m["tag"], m["host_path"], m["guest_path"]) for m in mounts] == [("code", str(share), "/mnt/code")]
+
+    job = server.wait_job(server.request("POST", "/api/v1/vms/mnt/mounts/code/sync", {}))
+    assert job["state"] == "succeeded", job
+    out = server.env.root / "pulled"
+    job = server.wait_job(server.request("POST", "/api/v1/vms/mnt/mounts/code/pull", {"to": str(out)}))
+    assert job["state"] == "succeeded", job
+    assert (out / "hello.txt").read_text() == "hi from the host\n"
+    bad = server.request("POST", "/api/v1/vms/mnt/mounts/code/pull", {"to": "relative"})
+    assert bad.status == 400 and "absolute path" in bad.json()["error"]
+    assert server.request("POST", "/api/v1/vms/mnt/mounts/a$b/sync", {}).status == 400
+    missing = server.wait_job(server.request("POST", "/api/v1/vms/mnt/mounts/nope/sync", {}))
+    assert missing["state"] == "failed" and missing["status"] == 404, missing
+
+    cookie, csrf = server.login()
+    page = server.request("GET", "/vms/mnt", auth=False, headers={"Cookie": cookie}).text
+    assert 'id="mounts"' in page and "Sync from host" in page and "/mnt/code" in page
+    r = server.request("POST", "/ui/vms/mnt/mounts/code/sync", auth=False, raw=b"",
+                       headers={"Cookie": cookie, "X-CSRF-Token": csrf})
+    assert r.status == 200 and "Syncing mount code" in r.text, r
+
+    r = server.request("PUT", "/api/v1/vms/mnt/autostart", {"enabled": True})
+    assert r.status == 200 and r.json()["autostart"] is True, r
+    assert json.loads(server.cli("inspect", "mnt").stdout)["autostart"] is True
+    assert server.request("PUT", "/api/v1/vms/mnt/autostart", {}).status == 400
+
+    r = server.request("POST", "/api/v1/network/prune")
+    assert r.status == 200 and "removed_taps" in r.json(), r
+    assert server.wait_job(server.request("DELETE", "/api/v1/vms/mnt"))["state"] == "succeeded"

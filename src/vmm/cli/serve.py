@@ -103,7 +103,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     m = app()
     context, made = server.build_context(
-        m, opts, network_info=lambda: netreport.network_info(m.network, m.forwards)
+        m,
+        opts,
+        network_info=lambda: netreport.network_info(m.network, m.forwards),
+        network_prune=lambda: netreport.prune(m.network),
     )
     web_app = server.build_app(context)
     print(f"Serving vmm on {opts.url}", flush=True)

@@ -48,6 +48,7 @@ class Context:
         ratelimit: RateLimit,
         tls: bool,
         network_info: Callable[[], dict[str, Any]],
+        network_prune: Callable[[], dict[str, Any]],
     ):
         self.vmm = vmm
         self.hub = hub
@@ -58,7 +59,8 @@ class Context:
         self.sessions = sessions
         self.ratelimit = ratelimit
         self.tls = tls
-        self.network_info = network_info
+        self.network_info = network_info  # the services' netreport, handed over by vmm.cli.serve
+        self.network_prune = network_prune
 
 
 def ctx(request: Any) -> Context:

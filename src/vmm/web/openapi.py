@@ -22,6 +22,10 @@ ENDPOINTS: list[tuple[str, str, str, str | None, int]] = [
     ("DELETE", "/api/v1/vms/{name}/forwards/{key}", "Remove a port forward ([ADDR:]HOSTPORT[/proto])", None, 200),
     ("GET", "/api/v1/vms/{name}/console", "The end of the console log (text)", None, 200),
     ("GET", "/api/v1/vms/{name}/console/stream", "The console log followed live (SSE 'log' events)", None, 200),
+    ("GET", "/api/v1/vms/{name}/mounts", "A VM's mounts and whether the guest changed them", None, 200),
+    ("POST", "/api/v1/vms/{name}/mounts/{tag}/sync", "Rebuild a mount's disk from the host (VM stopped): a job", "Force", 202),
+    ("POST", "/api/v1/vms/{name}/mounts/{tag}/pull", "Copy a mount's files back to the host (VM stopped): a job", "Pull", 202),
+    ("PUT", "/api/v1/vms/{name}/autostart", "Start the VM when the host boots, or not", "Autostart", 200),
     ("GET", "/api/v1/forwards", "Every port forward", None, 200),
     ("GET", "/api/v1/images", "Images", None, 200),
     ("POST", "/api/v1/images/import", "Import an image from a path on the host: a job", "ImportImage", 202),
@@ -30,6 +34,7 @@ ENDPOINTS: list[tuple[str, str, str, str | None, int]] = [
     ("POST", "/api/v1/kernels/import", "Import a kernel from a path on the host: a job", "ImportKernel", 202),
     ("DELETE", "/api/v1/kernels/{name}", "Delete a kernel (refused while a VM uses it)", None, 200),
     ("GET", "/api/v1/network", "vmm's host network (vmm network show --json)", None, 200),
+    ("POST", "/api/v1/network/prune", "Remove vmm-* TAPs no VM uses; rebuild the rules", None, 200),
     ("GET", "/api/v1/doctor", "The host's preflight report (vmm doctor --json)", None, 200),
     ("GET", "/api/v1/jobs", "Recent jobs", None, 200),
     ("GET", "/api/v1/jobs/{id}", "One job (?wait=S waits up to S seconds for it to end)", None, 200),
@@ -62,6 +67,11 @@ SCHEMAS: dict[str, Any] = {
     "Start": {"type": "object", "additionalProperties": False,
               "properties": {"wait": _BOOL, "timeout": {"type": "number"}}},
     "Stop": {"type": "object", "additionalProperties": False, "properties": {"timeout": {"type": "number"}}},
+    "Force": {"type": "object", "additionalProperties": False, "properties": {"force": _BOOL}},
+    "Pull": {"type": "object", "additionalProperties": False,
+             "properties": {"to": {"type": "string", "description": "an absolute host path"}, "force": _BOOL}},
+    "Autostart": {"type": "object", "required": ["enabled"], "additionalProperties": False,
+                  "properties": {"enabled": _BOOL}},
     "Forward": {"type": "object", "required": ["spec"], "additionalProperties": False,
                 "properties": {"spec": {"type": "string", "description": "[ADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]"}}},
     "ImportImage": {"type": "object", "required": ["source", "name"], "additionalProperties": False,
@@ -89,7 +99,7 @@ def document() -> dict[str, Any]:
             op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": _STR} for p in params]
         if body:
             op["requestBody"] = {
-                "required": body in ("CreateVm", "Forward", "ImportImage", "ImportKernel"),
+                "required": body in ("CreateVm", "Forward", "ImportImage", "ImportKernel", "Autostart"),
                 "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
             }
         paths.setdefault(path, {})[method.lower()] = op

@@ -100,7 +100,7 @@ def build_app(context: Context) -> Starlette:
     from starlette.routing import Mount
     from starlette.staticfiles import StaticFiles
 
-    from vmm.web import api, api_host, ui
+    from vmm.web import api, api_extra, api_host, ui
     from vmm.web.security import Guard
 
     @contextlib.asynccontextmanager
@@ -119,6 +119,7 @@ def build_app(context: Context) -> Starlette:
     routes = [
         *api.ROUTES,
         *api_host.ROUTES,
+        *api_extra.ROUTES,
         *ui.ROUTES,
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
@@ -132,7 +133,11 @@ def build_app(context: Context) -> Starlette:
 
 
 def build_context(
-    vmm: Vmm, opts: Options, *, network_info: Callable[[], dict[str, Any]]
+    vmm: Vmm,
+    opts: Options,
+    *,
+    network_info: Callable[[], dict[str, Any]],
+    network_prune: Callable[[], dict[str, Any]],
 ) -> tuple[Context, bool]:
     """The server's state; also whether the token file was just made."""
     from vmm.host import process
@@ -146,7 +151,7 @@ def build_context(
     context = Context(
         vmm, hub=hub, watcher=Watcher(vmm, hub, reap=process.reap), jobs=Jobs(hub), token=token,
         password_file=opts.password_file, sessions=Sessions(), ratelimit=RateLimit(), tls=opts.tls,
-        network_info=network_info,
+        network_info=network_info, network_prune=network_prune,
     )  # fmt: skip
     return context, made
 

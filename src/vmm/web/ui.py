@@ -13,8 +13,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from vmm.errors import ValidationError, VmmError
-from vmm.models import validate_name
-from vmm.web import api, api_host
+from vmm.models import TAG_RE, validate_name
+from vmm.web import api, api_extra, api_host
 from vmm.web.auth import load_password_hash, verify_password
 from vmm.web.common import call, client_ip, ctx, read_form
 from vmm.web.security import cross_site, session_cookie
@@ -178,7 +178,8 @@ async def vm_page(request: Request) -> Response:
     except VmmError as exc:
         return render(request, "error.html", status=error_status(exc), error=exc)
     data = vm_json(c.vmm.view(vm))
-    return render(request, "vm.html", vm=data, forwards=forwards, page="vms")
+    mounts = await call(api_extra.mounts_json, c.vmm, name) if vm.mounts else []
+    return render(request, "vm.html", vm=data, forwards=forwards, mounts=mounts, page="vms")
 
 
 async def vm_fragment(request: Request) -> Response:
@@ -187,9 +188,10 @@ async def vm_fragment(request: Request) -> Response:
         name = validate_name(request.path_params["name"])
         vm = await call(c.vmm.get, name)
         forwards = await call(c.vmm.forwards.list, name)
+        mounts = await call(api_extra.mounts_json, c.vmm, name) if vm.mounts else []
     except VmmError as exc:
         return render(request, "_gone.html", error=exc)
-    return render(request, "_vm_detail.html", vm=vm_json(c.vmm.view(vm)), forwards=forwards)
+    return render(request, "_vm_detail.html", vm=vm_json(c.vmm.view(vm)), forwards=forwards, mounts=mounts)
 
 
 async def terminal_page(request: Request) -> Response:
@@ -319,6 +321,42 @@ async def remove_forward(request: Request) -> Response:
 
 
 @action
+async def mount_action(request: Request) -> Response:
+    """Sync (host -> disk) or pull (disk -> host directory) a mount: a job."""
+    c = ctx(request)
+    name = validate_name(request.path_params["name"])
+    tag, verb = request.path_params["tag"], request.path_params["verb"]
+    if verb not in ("sync", "pull") or not TAG_RE.fullmatch(tag):
+        raise ValidationError("unknown mount action")
+    force = (await read_form(request)).get("force") == "1"
+    await call(c.vmm.get, name)
+    images = api_extra.mount_images(c.vmm)
+
+    def work(note: Callable[[str], None]) -> dict[str, str]:
+        if verb == "sync":
+            m = images.sync(name, tag, force=force)
+            note(f"Rebuilt mount {m.tag} of VM {name} from {m.host_path}")
+        else:
+            m, target = images.pull(name, tag, to=None, force=force)
+            note(f"Copied mount {m.tag} of VM {name} to {target}")
+        return {"tag": tag}
+
+    c.jobs.submit(f"mount-{verb}", f"{name}:{tag}", work)
+    return flash(f"{'Syncing' if verb == 'sync' else 'Pulling'} mount {tag} of {name} ... (see the jobs)")
+
+
+@action
+async def autostart_flag(request: Request) -> Response:
+    from vmm import autostart
+
+    c = ctx(request)
+    name = validate_name(request.path_params["name"])
+    enabled = (await read_form(request)).get("enabled") == "1"
+    vm = await call(autostart.set_flag, c.vmm, name, enabled)
+    return flash(f"VM {vm.name} {'will' if vm.autostart else 'will not'} start when the host boots.")
+
+
+@action
 async def delete_image(request: Request) -> Response:
     c = ctx(request)
     name = validate_name(request.path_params["name"], "image")
@@ -358,6 +396,8 @@ ROUTES = [
     Route("/ui/vms/{name}/delete", delete, methods=["POST"]),
     Route("/ui/vms/{name}/forwards", add_forward, methods=["POST"]),
     Route("/ui/vms/{name}/forwards/remove", remove_forward, methods=["POST"]),
+    Route("/ui/vms/{name}/mounts/{tag}/{verb}", mount_action, methods=["POST"]),
+    Route("/ui/vms/{name}/autostart", autostart_flag, methods=["POST"]),
     Route("/ui/images/{name}/delete", delete_image, methods=["POST"]),
     Route("/ui/kernels/{name}/delete", delete_kernel, methods=["POST"]),
     WebSocketRoute("/ws/vms/{name}/{kind}", terminal),

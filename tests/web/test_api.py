@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -152,6 +153,13 @@ BAD_INPUT = [
     ("POST", "/api/v1/images/import", {"source": "../etc/passwd", "name": "x"}, 400, "absolute path"),
     ("POST", "/api/v1/images/import", {"source": "/x", "name": "../x"}, 400, "invalid image name"),
     ("POST", "/api/v1/kernels/import", {"path": "/a/./b", "name": "k"}, 400, "normalized"),
+    ("POST", "/api/v1/images/pull", {"base_url": "ftp://x"}, 400, "invalid --base-url"),
+    ("POST", "/api/v1/images/pull", {"kernel_only": True, "rootfs_only": True}, 400, "exclude each other"),
+    ("POST", "/api/v1/images/build", {"name": "img", "suite": "bookworm; rm -rf /"}, 400, "invalid suite"),
+    ("POST", "/api/v1/images/build", {"name": "img", "mirror": "file:///etc"}, 400, "mirror must be"),
+    ("POST", "/api/v1/kernels/build", {"name": "k", "version": "2.6"}, 400, "unknown kernel version"),
+    ("POST", "/api/v1/kernels/build", {"name": "k", "source": "linux.tar.xz"}, 400, "absolute path"),
+    ("POST", "/api/v1/kernels/build", {"name": "k", "jobs": 0}, 400, "jobs must be between"),
     ("GET", "/api/v1/jobs/x?wait=abc", None, 404, "no job"),
     ("GET", "/api/v1/nothing-here", None, 404, ""),
 ]
@@ -235,3 +243,38 @@ def test_mounts_autostart_and_network_prune(server: Server) -> None:
     r = server.request("POST", "/api/v1/network/prune")
     assert r.status == 200 and "removed_taps" in r.json(), r
     assert server.wait_job(server.request("DELETE", "/api/v1/vms/mnt"))["state"] == "succeeded"
+
+
+def test_a_failed_pull_is_a_failed_job_with_the_clis_message(server: Server) -> None:
+    job = server.wait_job(server.request("POST", "/api/v1/images/pull",
+                                         {"name": "pulled", "base_url": "http://127.0.0.1:9"}))
+    assert job["state"] == "failed" and job["status"] >= 400, job
+    assert job["error"]["error"] and "Traceback" not in job["error"]["error"]
+    assert "pulled" not in [i["name"] for i in server.request("GET", "/api/v1/images").json()["images"]]
+
+
+def test_images_page_imports_an_image_and_a_kernel_as_jobs(server: Server) -> None:
+    from urllib.parse import urlencode
+
+    cookie, csrf = server.login()
+    headers = {"Cookie": cookie, "X-CSRF-Token": csrf, "Content-Type": "application/x-www-form-urlencoded"}
+    page = server.request("GET", "/images", auth=False, headers={"Cookie": cookie}).text
+    assert 'id="image-import-form"' in page and 'id="kernel-import-form"' in page
+    fake = server.env.root / "fake"
+    for path, form in (("/ui/images/import", {"source": str(fake / "root.ext4"), "name": "second"}),
+                       ("/ui/kernels/import", {"path": str(fake / "vmlinux"), "name": "second"})):
+        r = server.request("POST", path, auth=False, raw=urlencode(form).encode(), headers=headers)
+        assert r.status == 200 and "Importing" in r.text, r
+    r = server.request("POST", "/ui/images/import", auth=False, headers=headers,
+                       raw=urlencode({"source": "rel/path", "name": "x"}).encode())
+    assert r.status == 400 and "absolute path" in r.text
+    for _ in range(100):
+        jobs = [j for j in server.request("GET", "/api/v1/jobs").json()["jobs"] if j["target"] == "second"]
+        if len(jobs) == 2 and all(j["state"] != "running" for j in jobs):
+            break
+        time.sleep(0.1)
+    assert [j["state"] for j in jobs] == ["succeeded", "succeeded"], jobs
+    assert "second" in [i["name"] for i in server.request("GET", "/api/v1/images").json()["images"]]
+    assert "second" in [k["name"] for k in server.request("GET", "/api/v1/kernels").json()["kernels"]]
+    assert server.request("DELETE", "/api/v1/images/second").status == 200
+    assert server.request("DELETE", "/api/v1/kernels/second").status == 200

@@ -38,6 +38,8 @@ class Job:
         self.target = target
         self.state = RUNNING
         self.progress: list[str] = []
+        self.status_line: str | None = None  # a long step's live line (a build's, a download's)
+        self._published = 0.0
         self.result: Any = None
         self.error: dict[str, Any] | None = None
         self.status = 202  # what the work's outcome maps to: 200, or the error's status code
@@ -52,7 +54,8 @@ class Job:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "kind": self.kind, "target": self.target, "state": self.state,
-            "progress": list(self.progress), "result": self.result, "error": self.error,
+            "progress": list(self.progress), "status_line": self.status_line,
+            "result": self.result, "error": self.error,
             "status": self.status, "url": self.url, "created": self.created,
             "finished": self.finished,
         }  # fmt: skip
@@ -66,7 +69,9 @@ class Jobs:
         self._lock = threading.Lock()
 
     def submit(self, kind: str, target: str, work: Callable[[Callable[[str], None]], Any]) -> Job:
-        """Run ``work(note)`` in a thread; ``note(line)`` adds a progress line."""
+        """Run ``work(note)`` in a thread; ``note(line)`` adds a progress line, and a line that
+        starts with ``\r`` replaces the job's live status line (published at most 4 times a
+        second)."""
         job = Job(kind, target)
         with self._lock:
             self._jobs[job.id] = job
@@ -79,8 +84,14 @@ class Jobs:
         return job
 
     def _note(self, job: Job, line: str) -> None:
-        job.progress.append(line.rstrip()[:500])
-        del job.progress[:-MAX_LINES]
+        if line.startswith("\r"):
+            job.status_line = line[1:].rstrip()[:500]
+            if time.monotonic() - job._published < 0.25:
+                return
+        else:
+            job.progress.append(line.rstrip()[:500])
+            del job.progress[:-MAX_LINES]
+        job._published = time.monotonic()
         self._publish(job)
 
     def _run(self, job: Job, work: Callable[[Callable[[str], None]], Any]) -> None:

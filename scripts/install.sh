@@ -23,6 +23,7 @@ WITH_VMM=1
 WITH_FC=1
 WITH_DEPS=1
 WITH_QEMU=0
+WITH_WEB=0
 
 PROG="install.sh"
 WORK=""
@@ -53,6 +54,8 @@ Options:
   --no-vmm                 do not install vmm itself (only Firecracker and host packages)
   --no-deps                do not install host packages with apt-get
   --with-qemu              also install qemu-system-x86 (the QEMU engine)
+  --with-web               also install what "vmm serve" needs (vmm's "web" extra: Starlette,
+                           uvicorn, Jinja2, wsproto; fetched from the package index)
   -h, --help               show this help
 
 Environment:
@@ -95,6 +98,7 @@ parse_args() {
       --no-vmm) WITH_VMM=0; shift ;;
       --no-deps) WITH_DEPS=0; shift ;;
       --with-qemu) WITH_QEMU=1; shift ;;
+      --with-web) WITH_WEB=1; shift ;;
       *) usage_error "unknown option: $1" ;;
     esac
   done
@@ -406,6 +410,11 @@ install_vmm() {
   log "pip install vmm (from $SOURCE)"
   venv_pip install -q --upgrade "${isolation[@]}" "$SRC_DIR" \
     || die "pip could not install vmm from $SOURCE (see pip's output above)"
+  if [ "$WITH_WEB" = 1 ]; then
+    log "pip install vmm's web extra (vmm serve) from the package index"
+    venv_pip install -q --upgrade "${isolation[@]}" "${SRC_DIR}[web]" \
+      || die "pip could not install vmm's web extra (it needs the package index; see pip's output above)"
+  fi
   VMM_VERSION="$("$VENV/bin/vmm" --version 2>&1)" \
     || die "$VENV/bin/vmm does not run after installing: $VMM_VERSION"
 

@@ -57,6 +57,11 @@ def run_each(command: str, names: Sequence[str], one: Callable[[str], int]) -> i
     failed: list[str] = []
     sys.stdout.flush()
     sys.stderr.flush()
+    import gc
+
+    # What the parent built stays where it is: the children's garbage collector does not walk
+    # it (walking writes to every object's page, and each write copies a page into the child).
+    gc.freeze()
     try:
         while pending or running:
             while pending and len(running) < MAX_PARALLEL:

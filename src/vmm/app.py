@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from vmm.engines.base import Engine
     from vmm.models import VM
     from vmm.network.forwards import ForwardView
+    from vmm.services.clones import CloneService
+    from vmm.services.snapshots import SnapshotService
     from vmm.status import StopOutcome, VMView
 
 __all__ = ["Vmm"]
@@ -75,6 +77,37 @@ class Vmm:
             disks=self.disks,
         )
         self.forwards = ForwardService(self.store, self.runner, self.network)
+        self._snapshots: SnapshotService | None = None
+        self.vms.on_start = self._on_start
+
+    # -- snapshots (built on first use: a plain start never imports them) -----------------
+
+    @property
+    def snapshots(self) -> SnapshotService:
+        """Suspend/resume and named snapshots (``vmm.services.snapshots``)."""
+        if self._snapshots is None:
+            from vmm.services.snapshots import SnapshotService
+
+            self._snapshots = SnapshotService(self.vms)
+        return self._snapshots
+
+    @property
+    def clones(self) -> CloneService:
+        """``vmm clone`` and ``vmm image snapshot`` (``vmm.services.clones``)."""
+        from vmm.services.clones import CloneService
+
+        return CloneService(self.vms)
+
+    def _on_start(self, vm: VM) -> VM | None:
+        """``VmService.start``'s hook: a suspended VM resumes; one stat when there is no
+        saved state."""
+        if vm.state != "suspended" and not self.store.suspend_dir(vm.name).exists():
+            return None
+        return self.snapshots.on_start(vm)
+
+    def suspend(self, name: str) -> VM:
+        """``vmm suspend``: memory and devices to disk, the process ends; ``start`` resumes."""
+        return self.snapshots.suspend(name)
 
     # -- engines ------------------------------------------------------------------------
 

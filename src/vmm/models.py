@@ -35,6 +35,9 @@ class VMState(StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     ERROR = "error"
+    # No process: its memory and device state are saved in vms/<name>/suspend/ and ``start``
+    # resumes from there (vmm.services.snapshots).
+    SUSPENDED = "suspended"
 
 
 def validate_name(name: str, what: str = "VM") -> str:

@@ -3,7 +3,8 @@
 Layout under the data dir (the seed's)::
 
     vms/<name>.json        the record (0644: ``vmm list`` works for non-root users)
-    vms/<name>/            per-VM files: rootfs.ext4, engine.log
+    vms/<name>/            per-VM files: rootfs.ext4, engine.log, suspend/ (a suspended VM's
+                           saved state), snapshots/<snap>/ (meta.json, disks, saved state)
     logs/<name>.log        the serial console log
     sockets/<name>.sock    Firecracker API / QEMU QMP socket; sockets/<name>.console (QEMU)
     images/, images/kernels/, mounts/
@@ -200,6 +201,14 @@ class Store:
 
     def rootfs_path(self, name: str) -> Path:
         return self.vm_dir(name) / "rootfs.ext4"
+
+    def suspend_dir(self, name: str) -> Path:
+        """A suspended VM's saved memory and device state (``vmm.services.snapshots``)."""
+        return self.vm_dir(name) / "suspend"
+
+    def snapshots_dir(self, name: str) -> Path:
+        """The VM's named snapshots, one directory each (``vmm.services.snapshots``)."""
+        return self.vm_dir(name) / "snapshots"
 
     def run_paths(self, name: str) -> RunPaths:
         return RunPaths(

@@ -8,6 +8,12 @@ machine and answers like Firecracker: 204 for a successful PUT/PATCH, 200 + JSON
 Where Firecracker's own wording is known (docs/firecracker.md, API conventions; api_server/
 parsed_request.rs) the fault messages are exact; resource errors are close paraphrases.
 
+Snapshots as in docs/firecracker.md, Snapshots: ``PUT /snapshot/create`` only while Paused
+(the "memory file" is a JSON header, 4 MiB of written zeros and a hole up to the memory size;
+the state file holds the configuration as JSON), ``PUT /snapshot/load`` only on a process where
+nothing but the logger and metrics were configured, re-opening the drives and TAPs the snapshot
+names; a failed load ends the process, as Firecracker's does.
+
 Like the real one it opens kernel, initrd, drives and the logger file at PUT time, prints the
 "guest" console to stdout on InstanceStart, exits 0 on SendCtrlAltDel, dies at once on SIGTERM,
 and never deletes its API socket. It does not open TAP devices (the process tests run without
@@ -24,6 +30,10 @@ Knobs (environment variables) for failure tests:
                                    that cannot mount its root filesystem does
   FAKE_FC_RECORD=PATH              append one JSON line per API request (method, path, body,
                                    status, response) to PATH
+  FAKE_FC_SNAPSHOT_CREATE_FAIL=1   PUT /snapshot/create writes half of its files, then fails
+                                   ("No space left on device"), as a full disk does
+  FAKE_FC_LOAD_FAIL=1              PUT /snapshot/load fails; like Firecracker the process then
+                                   exits (code 1) right after answering
   FAKE_FC_CHECK_TAP=0              do not require /sys/class/net/<host_dev_name> to exist (real
                                    Firecracker opens the TAP at PUT /network-interfaces and fails
                                    when it is missing; only tests of the process alone turn this off)
@@ -60,6 +70,10 @@ ENOENT = "No such file or directory (os error 2)"
 
 ONLY_BEFORE_BOOT = "The requested operation is not supported after starting the microVM."
 ONLY_AFTER_BOOT = "The requested operation is not supported before starting the microVM."
+LOAD_AFTER_CONFIG = (
+    "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+)
+MiB = 1024 * 1024
 SERDE = "An error occurred when deserializing the json body of a request: {}."
 
 
@@ -116,6 +130,8 @@ class FakeVmm:
         self.log_path: str | None = None
         self.record_path = os.environ.get("FAKE_FC_RECORD")
         self._sockets: list[Any] = []
+        # A boot-specific resource was configured: a snapshot can no longer be loaded.
+        self.boot_configured = False
 
     # -- logging ------------------------------------------------------------------------------
 
@@ -189,7 +205,10 @@ class FakeVmm:
         if method == "PUT" and body is not None:
             handler = PUT_ROUTES.get(first)
             if handler is not None:
-                return handler(self, body, rest)
+                result = handler(self, body, rest)
+                if first in BOOT_SPECIFIC or (first == "mmds" and rest[:1] == ["config"]):
+                    self.boot_configured = True
+                return result
         if method == "PUT" and body is None:
             raise Fault("Empty PUT request.")
         if method == "PATCH" and first == "balloon":
@@ -197,7 +216,10 @@ class FakeVmm:
         if method == "PATCH" and body is not None:
             handler = PATCH_ROUTES.get(first)
             if handler is not None:
-                return handler(self, body, rest)
+                result = handler(self, body, rest)
+                if first == "machine-config":
+                    self.boot_configured = True
+                return result
         if method == "PATCH" and body is None:
             raise Fault("Empty PATCH request.")
         raise Fault(f"Invalid request method and/or path: {method} {first}.")
@@ -525,6 +547,103 @@ class FakeVmm:
         self.post_boot()
         self.state = "Paused" if state == "Paused" else "Running"
 
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def put_snapshot(self, body: bytes, rest: list[str]) -> None:
+        if rest == ["create"]:
+            return self.snapshot_create(self.parse("SnapshotCreateParams", body))
+        if rest == ["load"]:
+            return self.snapshot_load(self.parse("SnapshotLoadParams", body))
+        raise Fault(f"Invalid request method and/or path: PUT snapshot/{'/'.join(rest)}.")
+
+    def snapshot_state(self) -> dict[str, Any]:
+        return {
+            "firecracker_version": VERSION,
+            "machine_config": self.machine_config,
+            "boot_source": self.boot_source,
+            "drives": self.drives,
+            "nets": self.nets,
+            "vsock": self.vsock,
+            "entropy": self.entropy,
+        }
+
+    def snapshot_create(self, cfg: dict[str, Any]) -> None:
+        self.post_boot()
+        if self.state != "Paused":
+            raise Fault("Create snapshot error: Cannot save the microVM state: the microVM "
+                        "must be paused first.")
+        if cfg.get("snapshot_type", "Full") != "Full":
+            raise Fault("Create snapshot error: Diff snapshots need track_dirty_pages.")
+        fail = os.environ.get("FAKE_FC_SNAPSHOT_CREATE_FAIL") == "1"
+        try:
+            # Firecracker opens both with create + truncate: an existing file keeps its mode.
+            with open(cfg["snapshot_path"], "wb") as f:
+                f.write(json.dumps(self.snapshot_state()).encode())
+            with open(cfg["mem_file_path"], "wb") as f:
+                f.write(json.dumps({"fake_memory": self.id}).encode().ljust(4096, b" "))
+                if fail:
+                    raise OSError(28, "No space left on device")
+                f.write(b"\0" * (4 * MiB))  # written zeros (the real dump writes every page)
+                f.truncate(self.machine_config["mem_size_mib"] * MiB)
+        except OSError as exc:
+            raise Fault(
+                f"Create snapshot error: Cannot write memory file: {_os_error(exc)}"
+            ) from None
+        self.log("Snapshot created")
+
+    def snapshot_load(self, cfg: dict[str, Any]) -> None:
+        self.pre_boot()
+        if self.boot_configured:
+            raise Fault(LOAD_AFTER_CONFIG)
+        if ("mem_backend" in cfg) == ("mem_file_path" in cfg):
+            raise Fault("Load snapshot error: exactly one of mem_backend and mem_file_path "
+                        "must be given.")
+        try:
+            self.load_or_fail(cfg)
+        except Fault:
+            self.exit_code = 1  # Firecracker ends the process after a failed load
+            raise
+        self.log("Snapshot loaded")
+
+    def load_or_fail(self, cfg: dict[str, Any]) -> None:
+        backend = cfg.get("mem_backend") or {"backend_type": "File",
+                                              "backend_path": cfg["mem_file_path"]}
+        if backend["backend_type"] != "File":
+            raise Fault("Load snapshot error: the fake firecracker has no Uffd backend.")
+        if os.environ.get("FAKE_FC_LOAD_FAIL") == "1":
+            raise Fault("Load snapshot error: Failed to restore from snapshot: Failed to get "
+                        "snapshot state from file: Failed to load snapshot state from file: "
+                        "Snapshot file is smaller than CRC length. (fake, FAKE_FC_LOAD_FAIL)")
+        try:
+            with open(cfg["snapshot_path"], "rb") as f:
+                state = json.loads(f.read())
+            mem_size = os.stat(backend["backend_path"]).st_size
+        except (OSError, ValueError) as exc:
+            raise Fault(f"Load snapshot error: Failed to restore from snapshot: {exc}") from None
+        if state.get("firecracker_version") != VERSION:
+            raise Fault("Load snapshot error: Failed to restore from snapshot: Invalid "
+                        f"snapshot version {state.get('firecracker_version')!r}")
+        if mem_size != state["machine_config"]["mem_size_mib"] * MiB:
+            raise Fault("Load snapshot error: Failed to restore from snapshot: the memory file "
+                        "does not match the snapshot's memory size")
+        for drive in state["drives"]:
+            try:
+                open(drive["path_on_host"], "r+b").close()
+            except OSError as exc:
+                raise Fault("Load snapshot error: Failed to restore from snapshot: Block "
+                            f"device error: {_os_error(exc)} {drive['path_on_host']}") from None
+        for net in state["nets"]:
+            tap = net["host_dev_name"]
+            if os.environ.get("FAKE_FC_CHECK_TAP", "1") != "0" and not Path("/sys/class/net", tap).exists():
+                raise Fault("Load snapshot error: Failed to restore from snapshot: Open tap "
+                            f"device failed: Invalid TUN/TAP Backend provided by {tap}.")
+        self.machine_config = state["machine_config"]
+        self.boot_source = state["boot_source"]
+        self.drives, self.nets = state["drives"], state["nets"]
+        self.vsock, self.entropy = state["vsock"], state["entropy"]
+        self.state = "Running" if cfg.get("resume_vm") else "Paused"
+        self.console("\n[fake] resumed from a snapshot\nfake-guest login: ")
+
     def not_implemented(self, body: bytes, rest: list[str]) -> None:
         raise Fault("The fake firecracker does not implement this request.")
 
@@ -606,6 +725,10 @@ def _merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+BOOT_SPECIFIC = {"boot-source", "drives", "network-interfaces", "machine-config", "vsock",
+                 "entropy", "balloon", "cpu-config"}
+
+
 PUT_ROUTES = {
     "actions": FakeVmm.put_actions,
     "boot-source": FakeVmm.put_boot_source,
@@ -619,7 +742,7 @@ PUT_ROUTES = {
     "mmds": FakeVmm.put_mmds,
     "balloon": FakeVmm.not_implemented,
     "cpu-config": FakeVmm.not_implemented,
-    "snapshot": FakeVmm.not_implemented,
+    "snapshot": FakeVmm.put_snapshot,
 }
 PATCH_ROUTES = {
     "drives": FakeVmm.patch_drive,

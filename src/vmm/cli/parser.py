@@ -23,6 +23,9 @@ COMMAND_MODULES: dict[str, str] = {
     "list": "vmm.cli.vms",
     "ssh": "vmm.cli.vms",
     "inspect": "vmm.cli.vms",
+    "suspend": "vmm.cli.snapshots",
+    "snapshot": "vmm.cli.snapshots",
+    "clone": "vmm.cli.snapshots",
     "port-forward": "vmm.cli.network",
     "network": "vmm.cli.network",
     "image": "vmm.cli.images",
@@ -41,6 +44,9 @@ COMMAND_MODULES: dict[str, str] = {
     "__complete": "vmm.cli.host",
 }
 ALIASES = {"rm": "delete", "ls": "list"}
+# Sub-commands added to another module's command group: command -> the modules whose
+# ``EXTENDS[command]`` adds them to that group (``vmm image snapshot`` is vmm.cli.snapshots').
+EXTENSIONS: dict[str, tuple[str, ...]] = {"image": ("vmm.cli.snapshots",)}
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,6 +68,17 @@ if TYPE_CHECKING:
 def _add(sub: SubParsers, command: str) -> None:
     module = importlib.import_module(COMMAND_MODULES[command])
     module.COMMANDS[command](sub)
+    for extension in EXTENSIONS.get(command, ()):
+        group = _subcommands(sub.choices[command])
+        importlib.import_module(extension).EXTENDS[command](group)
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> SubParsers:
+    """The sub-command group of a command's parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise LookupError(f"{parser.prog} has no sub-commands")
 
 
 def _command_of(argv: Sequence[str]) -> str | None:

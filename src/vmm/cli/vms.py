@@ -227,7 +227,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             vm = v.vm
             engine = vm.engine
             if _has_accel(vm.engine):
-                engine += "/" + (vm.accel_in_use if v.alive and vm.accel_in_use else vm.accel)
+                # a suspended VM resumes with the accelerator it was saved under
+                ran = v.alive or v.state == "suspended"
+                engine += "/" + (vm.accel_in_use if ran and vm.accel_in_use else vm.accel)
             rows.append(
                 [vm.name, v.state, vm.ip, str(vm.cpus), f"{vm.memory_mb}M", f"{vm.disk_mb}M", engine, vm.image]
             )

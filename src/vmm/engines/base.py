@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 else:  # typing costs every start ~2 ms; at run time a protocol is just a base class
     Protocol = object
 
-__all__ = ["BootSpec", "Drive", "Engine", "Nic", "OnSpawn", "ProcessRef", "RunPaths", "StopResult"]
+__all__ = [
+    "BootSpec", "Drive", "Engine", "Nic", "OnSpawn", "ProcessRef", "RunPaths", "Snapshotting",
+    "StopResult",
+]  # fmt: skip
 
 OnSpawn = Callable[[ProcessRef], None]
 
@@ -127,3 +130,26 @@ class Engine(Protocol):
 
     def cleanup(self, paths: RunPaths) -> None:
         """Remove stale sockets left by a process that is gone."""
+
+
+class Snapshotting(Engine, Protocol):
+    """What an engine with the registry's SNAPSHOT capability adds: a running VM's memory and
+    device state saved to a directory, and a fresh process that runs the guest on from it.
+    Disks are the caller's: it copies them while the VM is paused."""
+
+    # The files ``save_state`` writes into its directory.
+    state_files: tuple[str, ...]
+
+    def pause(self, paths: RunPaths) -> None:
+        """Stop the guest's vCPUs; the process stays and disk writes in flight complete."""
+
+    def resume(self, paths: RunPaths) -> None:
+        """Let a paused guest run again."""
+
+    def save_state(self, paths: RunPaths, dest: Path) -> None:
+        """Write the paused VM's state into the existing directory ``dest`` (new files, 0600,
+        sparse); the VM stays paused. On failure none of ``state_files`` is left there."""
+
+    def restore(self, spec: BootSpec, state_dir: Path, on_spawn: OnSpawn | None = None) -> ProcessRef:
+        """Spawn a fresh process for ``spec`` that loads ``state_dir`` and runs; like
+        ``launch``, a failure kills that process. ``state_dir`` is only read."""

@@ -15,6 +15,13 @@ and cleans up after. An engine fills in four stages; the base runs them in order
    SIGTERM, SIGKILL) and ``kill`` wait until every thread of the process has exited (only then
    are its sockets closed), reap it if it is our child, and remove the sockets nobody serves.
 
+An engine with the registry's SNAPSHOT capability also fills in ``pause``, ``resume`` and
+``save_state`` (a paused VM's memory and device state written into a directory), and
+``_prepare_restore``: ``restore`` runs the same lifecycle as ``launch`` on a fresh process that
+loads such a directory instead of booting (``Launch.restore_from`` tells the readiness probe and
+``_configure`` which one is under way). A failed restore kills its process like a failed launch
+and leaves the state directory as it was.
+
 Sockets have one meaning everywhere (``host.process.socket_state``): a socket that might be
 served (even one that does not answer in time) is never removed; the engine only chooses the
 words of the error (``_socket_error``).
@@ -87,6 +94,7 @@ class Launch(Record):
     argv: list[str]
     log_path: Path  # where the process's stdout and stderr go
     log_offset: int  # its size before the spawn: this run's output starts there
+    restore_from: Path | None = None  # a ``save_state`` directory the process loads (restore)
 
 
 def file_size(path: Path) -> int:
@@ -138,6 +146,30 @@ class ManagedEngine:
     def _configure(self, launch: Launch) -> None:
         """After ready, before ``launch`` returns (nothing by default)."""
 
+    def _prepare_restore(self, spec: BootSpec, state_dir: Path) -> Launch:
+        """Pre-launch of a restore: like ``_prepare``, for a process that loads ``state_dir``
+        (a ``save_state`` directory) instead of booting (``Launch.restore_from``)."""
+        raise EngineError(f"{self.label} cannot restore a saved VM state")
+
+    # -- snapshots (engines with the registry's SNAPSHOT capability) ---------------------------
+
+    # The files ``save_state`` writes into its directory (what a caller copies or links).
+    state_files: tuple[str, ...] = ()
+
+    def pause(self, paths: RunPaths) -> None:
+        """Stop the guest's vCPUs (the process stays); in-flight disk writes are completed."""
+        raise EngineError(f"{self.label} cannot pause a VM")
+
+    def resume(self, paths: RunPaths) -> None:
+        """Let a paused guest run again."""
+        raise EngineError(f"{self.label} cannot resume a VM")
+
+    def save_state(self, paths: RunPaths, dest: Path) -> None:
+        """Write the paused VM's memory and device state into the existing directory ``dest``
+        (``state_files``: new files, 0600, sparse); the VM stays paused. Disks are not part of
+        it. On failure no file of ``state_files`` is left in ``dest``."""
+        raise EngineError(f"{self.label} cannot save a VM's state")
+
     def _exit_error(self, launch: Launch, returncode: int, output: str) -> LaunchError:
         """The error for a process that exited during the launch (``output``: its log tail)."""
         raise NotImplementedError
@@ -160,7 +192,17 @@ class ManagedEngine:
         """Pre-launch, spawn, wait until ready, configure; return the running process.
 
         ``on_spawn`` gets the process right after it exists (see ``Engine.launch``)."""
-        launch = self._prepare(spec)
+        return self._run(self._prepare(spec), on_spawn)
+
+    def restore(self, spec: BootSpec, state_dir: Path, on_spawn: OnSpawn | None = None) -> ProcessRef:
+        """A fresh process for ``spec`` that loads ``state_dir`` (written by ``save_state``
+        with the same spec) and runs the guest from there. Same stages and the same undoing
+        as ``launch``; ``state_dir`` is only read."""
+        return self._run(self._prepare_restore(spec, state_dir), on_spawn)
+
+    def _run(self, launch: Launch, on_spawn: OnSpawn | None) -> ProcessRef:
+        """Spawn, wait until ready, configure (the stages after pre-launch)."""
+        spec = launch.spec
         proc = spawn_detached(
             launch.argv, log_path=launch.log_path, vm_name=spec.name, hint=self.install_hint
         )
@@ -173,7 +215,8 @@ class ManagedEngine:
         except BaseException:
             self._abort(proc, spec.paths)
             raise
-        log.info("%s started %s (pid %d)", self.name, spec.name, ref.pid)
+        log.info("%s %s %s (pid %d)", self.name, "restored" if launch.restore_from else "started",
+                 spec.name, ref.pid)
         return ref
 
     def stop(

@@ -25,6 +25,8 @@ TCG = "tcg"  # can emulate the CPU where KVM is missing (the accel setting appli
 CONSOLE = "console"  # a serial console socket to attach to (vmm console): the engine's
 # console_socket(paths) is not None (tests/unit/test_*_engine.py check the two agree)
 NEEDS_KVM = "needs-kvm"
+SNAPSHOT = "snapshot"  # saves a running VM's memory and device state and restores it in a new
+# process (suspend/resume, snapshots with memory): its engine is an ``engines.base.Snapshotting``
 
 
 class EngineInfo(FrozenRecord):
@@ -65,12 +67,12 @@ class EngineInfo(FrozenRecord):
 # In order of preference: ``vmm config init`` picks the first one the host can run.
 ENGINES: dict[str, EngineInfo] = {
     "firecracker": EngineInfo(
-        "firecracker", "Firecracker", "firecracker_bin", frozenset({NEEDS_KVM}),
+        "firecracker", "Firecracker", "firecracker_bin", frozenset({NEEDS_KVM, SNAPSHOT}),
         "vmm.engines.firecracker.engine:from_config",
         firecracker.BINARIES, firecracker.INSTALL_HINT,
     ),
     "qemu": EngineInfo(
-        "qemu", "QEMU", "qemu_bin", frozenset({TCG, CONSOLE}),
+        "qemu", "QEMU", "qemu_bin", frozenset({TCG, CONSOLE, SNAPSHOT}),
         "vmm.engines.qemu.engine:from_config",
         qemu.BINARIES, qemu.INSTALL_HINT,
     ),

@@ -63,6 +63,9 @@ class VmService:
         self.engine = engines
         self.network = network
         self.disks = disks
+        # Called by ``start`` (VM lock held, no live process): returns the VM resumed from a
+        # saved state, or None to boot it (``Vmm`` sets it: ``vmm.services.snapshots``).
+        self.on_start: Callable[[VM], VM | None] | None = None
 
     def get(self, name: str) -> VM:
         validate_name(name)
@@ -95,6 +98,8 @@ class VmService:
                 log.warning("VM %s: stopping the process of an interrupted start (pid %d)", name, ref.pid)
                 if self.owns_process(ref, paths):
                     engine.kill(ref, paths)
+            if self.on_start is not None and (resumed := self.on_start(vm)) is not None:
+                return resumed  # a suspended VM runs on from its saved state
             engine.check_available()
             kernel = self.kernels.get(vm.kernel)
             self.store.ensure_dirs()  # also brings an older data dir's modes up to date

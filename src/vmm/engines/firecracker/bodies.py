@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     Json: TypeAlias = dict[str, Any]
     ActionType: TypeAlias = Literal["InstanceStart", "SendCtrlAltDel"]
+    VmState: TypeAlias = Literal["Paused", "Resumed"]
     LogLevel: TypeAlias = Literal["Error", "Warning", "Info", "Debug", "Trace", "Off"]
 
 INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -248,6 +249,52 @@ def instance_start_request() -> ApiRequest:
 def send_ctrl_alt_del_request() -> ApiRequest:
     """Graceful shutdown on x86_64: the guest reboots (``reboot=k``) and Firecracker exits 0."""
     return ApiRequest("PUT", "/actions", action_body("SendCtrlAltDel"))
+
+
+def vm_state_request(state: VmState) -> ApiRequest:
+    """``PATCH /vm``: pause or resume a started VM (post-boot only)."""
+    return ApiRequest("PATCH", "/vm", {"state": state})
+
+
+def snapshot_create_request(snapshot_path: Path, mem_file_path: Path) -> ApiRequest:
+    """``PUT /snapshot/create`` of a paused VM: a Full snapshot (the microVM state and the whole
+    guest memory); the disks are not part of it (docs/firecracker.md, Snapshots)."""
+    return ApiRequest("PUT", "/snapshot/create", {
+        "snapshot_type": "Full",
+        "snapshot_path": _absolute("the snapshot file", snapshot_path),
+        "mem_file_path": _absolute("the memory file", mem_file_path),
+    })  # fmt: skip
+
+
+def snapshot_load_request(snapshot_path: Path, mem_file_path: Path) -> ApiRequest:
+    """``PUT /snapshot/load`` on a fresh process, before any configuration but the logger:
+    the memory file mapped (``File`` backend, never written), the VM resumed at once."""
+    return ApiRequest("PUT", "/snapshot/load", {
+        "snapshot_path": _absolute("the snapshot file", snapshot_path),
+        "mem_backend": {
+            "backend_type": "File",
+            "backend_path": _absolute("the memory file", mem_file_path),
+        },
+        "resume_vm": True,
+    })  # fmt: skip
+
+
+def restore_requests(
+    spec: BootSpec,
+    snapshot_path: Path,
+    mem_file_path: Path,
+    *,
+    log_level: LogLevel = "Info",
+    expose: Callable[[Path], Path] = _same_path,
+) -> list[ApiRequest]:
+    """The whole sequence of a restore: the logger (the one thing allowed before a load), then
+    the load. Drives, TAPs and machine come from the snapshot: the same paths and TAP names
+    must exist (``network_overrides`` is 1.12's)."""
+    validate_instance_id(spec.vm_id)
+    return [
+        logger_request(expose(spec.paths.engine_log), level=log_level),
+        snapshot_load_request(expose(snapshot_path), expose(mem_file_path)),
+    ]
 
 
 def boot_requests(

@@ -12,6 +12,12 @@ state is "Running". Any failure kills the process and removes the socket.
 ``stop`` is SendCtrlAltDel (the guest reboots with ``reboot=k`` and Firecracker exits 0), then
 the caller's guest steps (``reboot`` over SSH), then SIGTERM (Firecracker has no handler for
 it: immediate death), then SIGKILL.
+
+Snapshots (docs/firecracker.md, Snapshots): ``pause``/``resume`` are ``PATCH /vm``;
+``save_state`` is ``PUT /snapshot/create`` (Full) into ``vmstate`` and ``memory`` (the memory
+file then rewritten sparse: 1.11 writes every page); ``restore`` is a fresh process that gets
+the logger and ``PUT /snapshot/load`` (``resume_vm``) before anything else. A failed load ends
+the process (Firecracker's rule), which the launch reports.
 """
 
 from __future__ import annotations
@@ -23,13 +29,27 @@ import stat
 from pathlib import Path
 
 from vmm.engines import firecracker as facts
-from vmm.engines.base import BootSpec, RunPaths
+from vmm.engines.base import BootSpec, RunPaths, Snapshotting
 from vmm.engines.firecracker.api import DEFAULT_REQUEST_TIMEOUT, ApiUnreachable, FirecrackerApi
 from vmm.engines.firecracker.argv import build_argv
-from vmm.engines.firecracker.bodies import ApiRequest, boot_requests, send_ctrl_alt_del_request
+from vmm.engines.firecracker.bodies import (
+    ApiRequest,
+    boot_requests,
+    restore_requests,
+    send_ctrl_alt_del_request,
+    snapshot_create_request,
+    vm_state_request,
+)
 from vmm.engines.jail import Jail, NoJail
 from vmm.engines.managed import Launch, LaunchError, ManagedEngine, file_size
-from vmm.errors import ConflictError, EngineError, ValidationError, VmmError
+from vmm.errors import (
+    ApiError,
+    ConflictError,
+    EngineError,
+    NotFoundError,
+    ValidationError,
+    VmmError,
+)
 from vmm.host.process import (
     ABSENT,
     NOT_A_SOCKET,
@@ -62,8 +82,12 @@ def parse_version(output: str) -> str | None:
     return m.group(1) if m else None
 
 
+SNAPSHOT_FILE = "vmstate"
+MEMORY_FILE = "memory"
+
+
 class FirecrackerLaunch(Launch):
-    requests: tuple[ApiRequest, ...]
+    requests: tuple[ApiRequest, ...] = ()
 
 
 class FirecrackerEngine(ManagedEngine):
@@ -78,6 +102,7 @@ class FirecrackerEngine(ManagedEngine):
     guest_stop_command = "reboot"
     probe_timeout = 1.0
     poll_interval = _POLL
+    state_timeout = 600.0  # creating or loading a snapshot, at most
 
     def __init__(
         self,
@@ -154,9 +179,18 @@ class FirecrackerEngine(ManagedEngine):
 
     # -- the managed stages ---------------------------------------------------------------------
 
-    def _prepare(self, spec: BootSpec) -> FirecrackerLaunch:
+    def _prepare(self, spec: BootSpec, restore_from: Path | None = None) -> FirecrackerLaunch:
         jail = self.jail
-        requests = boot_requests(spec, log_level=self.log_level, expose=jail.expose)  # pure
+        if restore_from is None:
+            requests = boot_requests(spec, log_level=self.log_level, expose=jail.expose)  # pure
+        else:
+            snapshot, memory = restore_from / SNAPSHOT_FILE, restore_from / MEMORY_FILE
+            for path in (snapshot, memory):
+                if not path.is_file():
+                    raise NotFoundError(f"saved VM state {path} does not exist")
+            requests = restore_requests(
+                spec, snapshot, memory, log_level=self.log_level, expose=jail.expose
+            )
         argv = build_argv(
             self.binary, api_socket=jail.expose(spec.paths.api_socket), vm_id=spec.vm_id
         )
@@ -172,7 +206,11 @@ class FirecrackerEngine(ManagedEngine):
             log_path=paths.console_log,
             log_offset=file_size(paths.console_log),
             requests=tuple(requests),
+            restore_from=restore_from,
         )
+
+    def _prepare_restore(self, spec: BootSpec, state_dir: Path) -> FirecrackerLaunch:
+        return self._prepare(spec, state_dir)
 
     def _probe_ready(self, launch: Launch, timeout: float) -> str | None:
         paths = launch.spec.paths
@@ -184,12 +222,25 @@ class FirecrackerEngine(ManagedEngine):
         assert isinstance(launch, FirecrackerLaunch)
         api = self.api(launch.spec.paths)
         for req in launch.requests:
-            api.send(req)
+            try:
+                api.send(req, timeout=max(self.request_timeout, self.state_timeout)
+                         if req.path == "/snapshot/load" else None)
+            except ApiError as exc:
+                if req.path != "/snapshot/load":
+                    raise
+                # Firecracker ends the process after a failed load (it may be half-loaded).
+                raise LaunchError(
+                    f"firecracker could not load the VM's saved state: {exc.fault_message}",
+                    argv=launch.argv,
+                    log_tail=log_tail(launch.log_path, offset=launch.log_offset),
+                    details="the firecracker process exits after a failed snapshot load",
+                ) from exc
         state = api.instance_info().get("state")
         if state != "Running":
             output = log_tail(launch.log_path, offset=launch.log_offset)
+            after = "the snapshot load" if launch.restore_from else "InstanceStart"
             raise LaunchError(
-                f"firecracker reports state {state!r} after InstanceStart, not 'Running'",
+                f"firecracker reports state {state!r} after {after}, not 'Running'",
                 argv=launch.argv,
                 log_tail=output,
                 details=output or None,
@@ -237,6 +288,39 @@ class FirecrackerEngine(ManagedEngine):
 
     def _socket_error(self, path: Path, state: str) -> VmmError:
         return _socket_error(path, state)
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    state_files: tuple[str, ...] = (SNAPSHOT_FILE, MEMORY_FILE)
+
+    def pause(self, paths: RunPaths) -> None:
+        self.api(paths).send(vm_state_request("Paused"))
+
+    def resume(self, paths: RunPaths) -> None:
+        self.api(paths).send(vm_state_request("Resumed"))
+
+    def save_state(self, paths: RunPaths, dest: Path) -> None:
+        """``PUT /snapshot/create`` into ``dest``. The files are made first (0600; Firecracker
+        truncates and keeps the mode), then the memory file is copied sparse over itself."""
+        snapshot, memory = dest / SNAPSHOT_FILE, dest / MEMORY_FILE
+        sparse = dest / f".{MEMORY_FILE}.sparse"
+        made: list[Path] = []
+        try:
+            for path in (snapshot, memory):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+                made.append(path)
+            expose = self.jail.expose
+            self.api(paths).send(
+                snapshot_create_request(expose(snapshot), expose(memory)),
+                timeout=max(self.request_timeout, self.state_timeout),
+            )
+            made.append(sparse)
+            self.runner.run(["cp", "--sparse=always", str(memory), str(sparse)], timeout=self.state_timeout)
+            os.replace(sparse, memory)
+        except BaseException:
+            for path in made:
+                path.unlink(missing_ok=True)
+            raise
 
 
 def _socket_error(path: Path, state: str) -> VmmError:
@@ -295,3 +379,7 @@ def prepare_log_file(path: Path) -> None:
 def from_config(cfg: Config) -> FirecrackerEngine:
     """The registry's factory (``vmm.engines.registry``)."""
     return FirecrackerEngine(cfg.firecracker_bin)
+
+
+if TYPE_CHECKING:
+    _conforms: Snapshotting = FirecrackerEngine()

@@ -6,6 +6,10 @@ and to the console socket) and returns once QMP answers and the VM runs. Stop as
 (QMP ``system_powerdown``), then escalates to SIGTERM and SIGKILL. QEMU itself does nothing on
 ``system_powerdown`` when the guest ignores the button (no ACPI, or no guest kernel yet): it
 only emits a POWERDOWN event, so the escalation is what ends such a VM.
+
+Snapshots (``engines.qemu.migrate``): ``pause``/``resume`` are QMP ``stop``/``cont``;
+``save_state`` migrates the paused VM into ``vmstate``; ``restore`` launches the identical
+command line plus ``-incoming defer`` and loads that file.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import re
 import shlex
 import shutil
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from vmm.engines import qemu as facts
-from vmm.engines.base import BootSpec, Engine, RunPaths
+from vmm.engines.base import BootSpec, RunPaths, Snapshotting
 from vmm.engines.managed import Launch, LaunchError, ManagedEngine, file_size
+from vmm.engines.qemu import migrate
 from vmm.engines.qemu.accel import host_tsc_khz, resolve_accel
 from vmm.engines.qemu.argv import build_argv, check_socket_path
 from vmm.engines.qemu.qmp import QmpClient, qmp_execute
@@ -38,6 +44,7 @@ from vmm.host.process import (
     ProcessRef,
     describe_exit,
     is_alive,
+    log_tail,
     reap,
 )
 from vmm.log import get_logger
@@ -74,6 +81,7 @@ class QemuEngine(ManagedEngine):
     install_hint = INSTALL_HINT
     guest_stop_command = "poweroff"
     poll_interval = 0.05
+    state_timeout = 600.0  # saving or loading a VM's state, at most
 
     def __init__(
         self,
@@ -160,9 +168,10 @@ class QemuEngine(ManagedEngine):
 
     # -- the managed stages ---------------------------------------------------------------
 
-    def _prepare(self, spec: BootSpec) -> Launch:
+    def _prepare(self, spec: BootSpec, restore_from: Path | None = None) -> Launch:
         """Bad input fails before anything is spawned: the binary, the accelerator, the
-        argv's own checks, the files, the TAPs (QEMU as root would create a missing one)."""
+        argv's own checks, the files, the TAPs (QEMU as root would create a missing one).
+        With ``restore_from`` the same command line waits for a state to load."""
         binary = self._require_binary()
         accel, reason = self._resolve(spec.accel)
         log.info("%s: accelerator %s (%s)", spec.name, accel, reason)
@@ -170,6 +179,11 @@ class QemuEngine(ManagedEngine):
         if accel == "tcg" and tsc_khz is None:
             log.warning("host TSC frequency unknown; guest TSC calibration may hang under TCG")
         argv = build_argv(spec, binary=binary, accel=accel, tsc_khz=tsc_khz)
+        if restore_from is not None:
+            state = restore_from / migrate.STATE_FILE
+            if not state.is_file():
+                raise NotFoundError(f"saved VM state {state} does not exist")
+            argv += ["-incoming", "defer"]
         self._check_inputs(spec)
         paths = spec.paths
         self._make_dirs(paths)
@@ -179,7 +193,11 @@ class QemuEngine(ManagedEngine):
             argv=argv,
             log_path=paths.engine_log,
             log_offset=file_size(paths.engine_log),
+            restore_from=restore_from,
         )
+
+    def _prepare_restore(self, spec: BootSpec, state_dir: Path) -> Launch:
+        return self._prepare(spec, state_dir)
 
     def _check_inputs(self, spec: BootSpec) -> None:
         files = [("kernel", spec.kernel)]
@@ -202,7 +220,48 @@ class QemuEngine(ManagedEngine):
                 status = qmp.execute("query-status").get("status")
         except EngineError as exc:
             return exc.brief
-        return None if status == "running" else f"VM status is {status!r}"
+        want = "inmigrate" if launch.restore_from is not None else "running"
+        return None if status == want else f"VM status is {status!r}"
+
+    def _configure(self, launch: Launch) -> None:
+        if launch.restore_from is None:
+            return
+        try:
+            migrate.load(
+                launch.spec.paths.api_socket,
+                launch.restore_from / migrate.STATE_FILE,
+                qmp_timeout=self.qmp_timeout,
+                timeout=self.state_timeout,
+            )
+        except EngineError as exc:
+            # A failed load ends QEMU 7.2; its reason is on stderr (the engine log).
+            time.sleep(0.2)  # let it finish writing before the tail is read
+            output = log_tail(launch.log_path, offset=launch.log_offset)
+            last = tail(output, 1)
+            raise LaunchError(
+                "QEMU could not restore the VM's saved state: " + (last or exc.brief),
+                argv=launch.argv,
+                log_tail=output,
+                details=output or exc.details,
+            ) from exc
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    state_files: tuple[str, ...] = (migrate.STATE_FILE,)
+
+    def pause(self, paths: RunPaths) -> None:
+        qmp_execute(paths.api_socket, "stop", timeout=self.qmp_timeout)
+
+    def resume(self, paths: RunPaths) -> None:
+        qmp_execute(paths.api_socket, "cont", timeout=self.qmp_timeout)
+
+    def save_state(self, paths: RunPaths, dest: Path) -> None:
+        migrate.save(
+            paths.api_socket,
+            dest / migrate.STATE_FILE,
+            qmp_timeout=self.qmp_timeout,
+            timeout=self.state_timeout,
+        )
 
     def _exit_error(self, launch: Launch, returncode: int, output: str) -> LaunchError:
         last = tail(output, 1)
@@ -247,7 +306,7 @@ class QemuEngine(ManagedEngine):
 
 
 if TYPE_CHECKING:
-    _conforms: Engine = QemuEngine()
+    _conforms: Snapshotting = QemuEngine()
 
 
 def from_config(cfg: Config) -> QemuEngine:

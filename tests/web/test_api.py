@@ -160,6 +160,7 @@ BAD_INPUT = [
     ("POST", "/api/v1/kernels/build", {"name": "k", "version": "2.6"}, 400, "unknown kernel version"),
     ("POST", "/api/v1/kernels/build", {"name": "k", "source": "linux.tar.xz"}, 400, "absolute path"),
     ("POST", "/api/v1/kernels/build", {"name": "k", "jobs": 0}, 400, "jobs must be between"),
+    ("POST", "/api/v1/doctor/fix", {"all": True}, 400, "unknown field 'all'"),
     ("GET", "/api/v1/jobs/x?wait=abc", None, 404, "no job"),
     ("GET", "/api/v1/nothing-here", None, 404, ""),
 ]

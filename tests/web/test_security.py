@@ -22,14 +22,15 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def all_routes() -> list[tuple[str, str]]:
-    from vmm.web import api, api_host, ui
+    from vmm.web import api, api_build, api_extra, api_host, ui, ui_host, ui_images
 
     out = []
-    for route in [*api.ROUTES, *api_host.ROUTES, *ui.ROUTES]:
+    for route in [*api.ROUTES, *api_host.ROUTES, *api_extra.ROUTES, *api_build.ROUTES, *ui.ROUTES,
+                  *ui_host.ROUTES, *ui_images.ROUTES]:
         if not hasattr(route, "methods"):
             continue  # the terminal's WebSocket: tests/web/test_terminal.py
         path = (route.path.replace("{name}", "keep").replace("{id}", "x")
-                .replace("{key:path}", "8080"))  # fmt: skip
+                .replace("{key:path}", "8080").replace("{tag}", "code").replace("{verb}", "sync"))  # fmt: skip
         for method in sorted(route.methods - {"HEAD"}):
             out.append((method, path))
     return out

@@ -6,9 +6,13 @@ the CLI: ``vmm.cli.serve`` builds the composition root (``vmm.app.Vmm``) and han
 
     auth      the bearer token file, the password hash, sessions, CSRF, login rate limiting
     events    the records directory watched with inotify + pidfds of running VMs -> SSE events
-    jobs      long work (start and wait for SSH, stop, delete, imports) in threads, with progress
-    api       the JSON API; errors are VmmError -> status + {"error", "hint"}
-    ui        server-rendered pages (Jinja2 + vendored htmx), updated live from the events
+    jobs      long work (start and wait for SSH, stop, delete, imports, pulls, builds, doctor
+              --fix) in threads, with progress
+    api       the JSON API; errors are VmmError -> status + {"error", "hint"}; api_host (images,
+              kernels, network, doctor), api_extra (mounts, autostart, prune), api_build (pull
+              and builds)
+    ui        server-rendered pages (Jinja2 + vendored htmx), updated live from the events;
+              ui_host (job panels, the doctor page), ui_images (imports)
     security  the middleware: authentication, CSRF, size limits, security headers
     server    the ASGI app and uvicorn, bound to loopback unless told otherwise
 """

@@ -7,6 +7,7 @@ from pathlib import Path
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from vmm.errors import ConflictError
 from vmm.models import validate_name
 from vmm.web.api import api, job_response
 from vmm.web.common import call, ctx, host_path, read_json, take
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
     from vmm.app import Vmm
+    from vmm.web.common import Context
+    from vmm.web.jobs import Job
 
 
 def usage(vmm: Vmm) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -61,12 +64,48 @@ def delete_kernel(vmm: Vmm, name: str) -> None:
 
 
 def doctor_json() -> dict[str, Any]:
-    """``vmm doctor --json`` (the report only; ``--fix`` stays a CLI command)."""
+    """``vmm doctor --json``, and whether ``--fix`` has anything to remove."""
     from vmm.host import doctor
 
     cfg, error = doctor.load_config()
-    checks, _found = doctor.report(cfg, error, doctor.Probes())
-    return {"healthy": doctor.healthy(checks), "checks": [c.to_json() for c in checks]}
+    checks, found = doctor.report(cfg, error, doctor.Probes())
+    return {"healthy": doctor.healthy(checks), "checks": [c.to_json() for c in checks],
+            "fixable": doctor.fixable(checks, found)}
+
+
+DOCTOR_FIX = "doctor-fix"
+
+
+def doctor_fix(note: Callable[[str], None]) -> dict[str, Any]:
+    """``vmm doctor --fix --json``, in the CLI's steps (``vmm.cli.doctor``): the report, the
+    leftovers removed when there are any, the report again. A progress line per thing fixed."""
+    from vmm.host import doctor
+
+    cfg, error = doctor.load_config()
+    probes = doctor.Probes()
+    checks, found = doctor.report(cfg, error, probes)
+    fixed: list[str] = []
+    if doctor.fixable(checks, found):
+        fixed = doctor.fix_all(cfg, checks, found, probes)
+        for line in fixed:
+            note(f"fixed: {line}")
+        checks, found = doctor.report(cfg, error, probes)
+    else:
+        note("nothing to fix")
+    ok = doctor.healthy(checks)
+    fails = sum(c.status == "fail" for c in checks)
+    warns = sum(c.status == "warn" for c in checks)
+    note(f"{'healthy' if ok else 'NOT healthy'}: {fails} failed, {warns} warning(s)")
+    return {"healthy": ok, "checks": [c.to_json() for c in checks], "fixed": fixed}
+
+
+def doctor_fix_job(c: Context) -> Job:
+    """``doctor --fix`` as a job (stopping what an interrupted start left running can take a
+    VM's whole stop escalation); one at a time."""
+    running = [j for j in c.jobs.running() if j.kind == DOCTOR_FIX]
+    if running:
+        raise ConflictError("vmm doctor --fix is already running", hint=f"follow it at {running[0].url}")
+    return c.jobs.submit(DOCTOR_FIX, "host", doctor_fix)
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -160,6 +199,13 @@ async def doctor(request: Request) -> Response:
 
 
 @api
+async def fix_doctor(request: Request) -> Response:
+    """``vmm doctor --fix``: a job whose result is ``{"healthy", "checks", "fixed"}``."""
+    take(await read_json(request), {})
+    return job_response(doctor_fix_job(ctx(request)))
+
+
+@api
 async def openapi(_request: Request) -> Response:
     from vmm.web.openapi import document
 
@@ -175,5 +221,6 @@ ROUTES = [
     Route("/api/v1/kernels/{name}", remove_kernel, methods=["DELETE"]),
     Route("/api/v1/network", network, methods=["GET"]),
     Route("/api/v1/doctor", doctor, methods=["GET"]),
+    Route("/api/v1/doctor/fix", fix_doctor, methods=["POST"]),
     Route("/api/v1/openapi.json", openapi, methods=["GET"]),
 ]

@@ -115,7 +115,8 @@ def take(body: dict[str, Any], spec: dict[str, type]) -> dict[str, Any]:
     any): an unknown field or a wrong type is a 400 naming the field."""
     unknown = sorted(set(body) - set(spec))
     if unknown:
-        raise ValidationError(f"unknown field {unknown[0]!r}", hint="known fields: " + ", ".join(sorted(spec)))
+        known = "known fields: " + ", ".join(sorted(spec)) if spec else "this request takes no fields"
+        raise ValidationError(f"unknown field {unknown[0]!r}", hint=known)
     out: dict[str, Any] = {}
     for name, value in body.items():
         kind = spec[name]

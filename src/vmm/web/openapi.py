@@ -39,6 +39,7 @@ ENDPOINTS: list[tuple[str, str, str, str | None, int]] = [
     ("GET", "/api/v1/network", "vmm's host network (vmm network show --json)", None, 200),
     ("POST", "/api/v1/network/prune", "Remove vmm-* TAPs no VM uses; rebuild the rules", None, 200),
     ("GET", "/api/v1/doctor", "The host's preflight report (vmm doctor --json)", None, 200),
+    ("POST", "/api/v1/doctor/fix", "Remove the leftovers the report names (vmm doctor --fix): a job", None, 202),
     ("GET", "/api/v1/jobs", "Recent jobs", None, 200),
     ("GET", "/api/v1/jobs/{id}", "One job (?wait=S waits up to S seconds for it to end)", None, 200),
     ("GET", "/api/v1/events", "Server-sent events: snapshot, vm, vm-removed, job", None, 200),

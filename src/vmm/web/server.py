@@ -100,7 +100,7 @@ def build_app(context: Context) -> Starlette:
     from starlette.routing import Mount
     from starlette.staticfiles import StaticFiles
 
-    from vmm.web import api, api_build, api_extra, api_host, ui, ui_images
+    from vmm.web import api, api_build, api_extra, api_host, ui, ui_host, ui_images
     from vmm.web.security import Guard
 
     @contextlib.asynccontextmanager
@@ -122,6 +122,7 @@ def build_app(context: Context) -> Starlette:
         *api_extra.ROUTES,
         *api_build.ROUTES,
         *ui.ROUTES,
+        *ui_host.ROUTES,
         *ui_images.ROUTES,
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]

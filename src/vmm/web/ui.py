@@ -227,11 +227,6 @@ async def network_page(request: Request) -> Response:
     return render(request, "network.html", info=info, page="network")
 
 
-async def doctor_page(request: Request) -> Response:
-    report = await call(api_host.doctor_json)
-    return render(request, "doctor.html", report=report, page="doctor")
-
-
 async def jobs_page(request: Request) -> Response:
     return render(request, "jobs.html", jobs=ctx(request).jobs.recent(), page="jobs")
 
@@ -385,7 +380,6 @@ ROUTES = [
     Route("/vms/{name}/terminal", terminal_page, methods=["GET"]),
     Route("/images", images_page, methods=["GET"]),
     Route("/network", network_page, methods=["GET"]),
-    Route("/doctor", doctor_page, methods=["GET"]),
     Route("/jobs", jobs_page, methods=["GET"]),
     Route("/ui/vms", vms_fragment, methods=["GET"]),
     Route("/ui/jobs", jobs_fragment, methods=["GET"]),

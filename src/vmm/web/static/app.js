@@ -3,14 +3,17 @@
 (function () {
   "use strict";
 
-  // Reload every [data-live=KIND] fragment from its data-src (coalesced: one reload per burst).
+  // Reload every [data-live=KIND] fragment from its data-src (coalesced: one reload per burst);
+  // with JOBKIND, only those whose data-kinds lists it (a section that follows a kind of job).
   var pending = {};
-  function reload(kind) {
-    if (pending[kind]) return;
-    pending[kind] = setTimeout(function () {
-      pending[kind] = null;
+  function reload(kind, jobKind) {
+    var key = jobKind ? kind + ":" + jobKind : kind;
+    if (pending[key]) return;
+    pending[key] = setTimeout(function () {
+      pending[key] = null;
       document.querySelectorAll('[data-live="' + kind + '"]').forEach(function (el) {
         if (!el.dataset.src || !window.htmx) return;
+        if (jobKind && (el.dataset.kinds || "").split(",").indexOf(jobKind) < 0) return;
         var opts = { target: el, swap: "outerHTML" };
         if (el.dataset.select) opts.select = el.dataset.select;
         htmx.ajax("GET", el.dataset.src, opts);
@@ -18,6 +21,7 @@
     }, 30);
   }
 
+  var snapshots = 0;
   function connectEvents() {
     var url = document.body && document.body.dataset.events;
     if (!url || !window.EventSource) return;
@@ -25,11 +29,20 @@
     var source = new EventSource(url);
     source.addEventListener("open", function () { if (live) live.classList.add("on"); });
     source.addEventListener("error", function () { if (live) live.classList.remove("on"); });
-    // (Re)connected: catch up on whatever changed between the page's render and now.
-    source.addEventListener("snapshot", function () { reload("vms"); reload("jobs"); });
+    // (Re)connected: catch up on whatever changed between the page's render and now (a
+    // section that follows jobs only after a reconnection: a job may have ended meanwhile).
+    source.addEventListener("snapshot", function () {
+      reload("vms"); reload("jobs");
+      if (snapshots++) reload("job-done");
+    });
     source.addEventListener("vm", function () { reload("vms"); });
     source.addEventListener("vm-removed", function () { reload("vms"); });
-    source.addEventListener("job", function () { reload("jobs"); });
+    source.addEventListener("job", function (e) {
+      reload("jobs");
+      var job;
+      try { job = JSON.parse(e.data); } catch (err) { return; }
+      if (job && job.state !== "running") reload("job-done", job.kind);
+    });
     source.addEventListener("overflow", function () { source.close(); setTimeout(connectEvents, 500); });
     window.addEventListener("pagehide", function () { source.close(); });
   }

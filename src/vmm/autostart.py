@@ -1,13 +1,17 @@
 """Boot and shutdown of the host: ``vmm autostart`` / ``vmm autostop`` (run by vmm.service).
 
 ``autostop`` stops every running VM in parallel, each through ``VmService.stop`` (graceful, then
-SIGTERM, then SIGKILL), after writing the names of the VMs it found running to
+SIGTERM, then SIGKILL) — or with ``autostop_mode: "suspend"`` suspends it (its memory saved,
+``vmm.services.suspend``; a VM that cannot be suspended is stopped instead) — after writing the names of the VMs it found running to
 ``<data_dir>/autostart-running.json``. ``autostart`` then starts, by ``autostart_policy``:
 
 - ``flagged``: the VMs created with ``--autostart`` (or ``vmm autostart enable``);
 - ``running``: exactly the VMs that file names. Without the file (the host went down without
   ``autostop``: a crash or power loss), the VMs whose record still says running — they were
   running when the host went down. The file is consumed: it describes one shutdown only.
+
+Starting a suspended VM resumes it, so a host reboot with ``suspend`` and ``running`` brings
+every VM back where it was.
 
 One VM failing never stops the others; every VM gets one ``Outcome``.
 """
@@ -38,7 +42,7 @@ MAX_PARALLEL = 8
 
 
 class Outcome(FrozenRecord):
-    """What happened to one VM: ``action`` is started, stopped, already-running,
+    """What happened to one VM: ``action`` is started, stopped, suspended, already-running,
     not-running, skipped or failed; ``detail`` says how (or why not)."""
 
     name: str
@@ -156,11 +160,21 @@ def autostop(
         write_running(manager, running + _stopped_by_an_interrupted_autostop(manager, vms))
     faults.point("autostop.recorded")
 
+    suspend = manager.config.autostop_mode == "suspend"
+
     def stop(name: str) -> Outcome:
+        why = ""
+        if suspend:
+            try:
+                manager.suspend(name)
+                return Outcome(name, "suspended", "its memory is saved; a start resumes it")
+            except VmmError as exc:  # the host goes down all the same: shut it down instead
+                log.warning("VM %s: cannot suspend (%s); stopping it", name, exc.brief)
+                why = f"; not suspended: {exc.brief}"
         how = manager.vms.stop(name, timeout=timeout)
         if how == "not-running":
             return Outcome(name, "not-running", "it exited by itself")
-        return Outcome(name, "stopped", describe_stop(how))
+        return Outcome(name, "stopped", describe_stop(how) + why)
 
     outcomes = [Outcome(p.name, "failed", f"cannot read its record: {p.error}") for p in problems]
     for o in outcomes:
@@ -175,7 +189,7 @@ def autostop(
 
 
 def select_for_start(policy: str, vms: list[VM], recorded: list[str] | None) -> list[str]:
-    """The names ``autostart`` starts under ``policy``. Pure."""
+    """The names ``autostart`` starts under ``policy`` (a suspended one resumes). Pure."""
     if policy == "flagged":
         return [vm.name for vm in vms if vm.autostart]
     if policy == "running":
@@ -204,8 +218,9 @@ def autostart(
     def start(name: str) -> Outcome:
         if VMView.of(by_name[name]).alive:
             return Outcome(name, "already-running")
+        resumed = by_name[name].state == VMState.SUSPENDED.value
         vm = manager.vms.start(name)
-        return Outcome(name, "started", f"{vm.engine} at {vm.ip}")
+        return Outcome(name, "started", ("resumed, " if resumed else "") + f"{vm.engine} at {vm.ip}")
 
     outcomes = [Outcome(p.name, "failed", f"cannot read its record: {p.error}") for p in problems]
     outcomes += [Outcome(n, "skipped", "running at shutdown, deleted since") for n in missing]

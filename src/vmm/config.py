@@ -44,6 +44,7 @@ PRIVILEGED_KEYS = ("data_dir", "firecracker_bin", "qemu_bin", "bridge_name", "su
 ENGINES = tuple(ENGINE_REGISTRY)
 ACCELS = ("auto", "kvm", "tcg")
 AUTOSTART_POLICIES = ("flagged", "running")
+AUTOSTOP_MODES = ("stop", "suspend")
 
 
 def invoking_user_home() -> Path:
@@ -158,6 +159,9 @@ class Config(Record):
     # What ``vmm autostart`` (the boot service) starts: VMs flagged --autostart, or exactly
     # the VMs that were running when ``vmm autostop`` last ran.
     autostart_policy: str = "flagged"
+    # What ``vmm autostop`` does to a running VM: shut it down, or suspend it (its memory saved;
+    # the next start, autostart's too, resumes it where it was).
+    autostop_mode: str = "stop"
     firecracker_bin: str | None = None
     qemu_bin: str | None = None
     vm_defaults: VMDefaults = field(default_factory=VMDefaults)
@@ -184,6 +188,7 @@ class Config(Record):
             "engine": self.engine,
             "accel": self.accel,
             "autostart_policy": self.autostart_policy,
+            "autostop_mode": self.autostop_mode,
         }
         if self.firecracker_bin:
             d["firecracker_bin"] = self.firecracker_bin
@@ -215,6 +220,7 @@ class Config(Record):
             "engine",
             "accel",
             "autostart_policy",
+            "autostop_mode",
             "firecracker_bin",
             "qemu_bin",
         ):
@@ -248,7 +254,7 @@ def _type_error(path: Path, field_name: str, expected: str, value: Any) -> Confi
 def _parse(raw: Any, path: Path, cfg: Config) -> None:
     if not isinstance(raw, dict):
         raise _type_error(path, "$", "a JSON object", raw)
-    known = set(_STR_KEYS) | set(_OPT_STR_KEYS) | {"engine", "accel", "autostart_policy", "vm_defaults"}
+    known = set(_STR_KEYS) | set(_OPT_STR_KEYS) | {"engine", "accel", "autostart_policy", "autostop_mode", "vm_defaults"}
     for key in raw:
         if key not in known:
             raise ConfigError(
@@ -269,7 +275,10 @@ def _parse(raw: Any, path: Path, cfg: Config) -> None:
                 raise _type_error(path, f"$.{key}", "a non-empty string or null", value)
             setattr(cfg, key, value)
             cfg.sources[key] = "config file"
-    for key, allowed in (("engine", ENGINES), ("accel", ACCELS), ("autostart_policy", AUTOSTART_POLICIES)):
+    for key, allowed in (
+        ("engine", ENGINES), ("accel", ACCELS), ("autostart_policy", AUTOSTART_POLICIES),
+        ("autostop_mode", AUTOSTOP_MODES),
+    ):  # fmt: skip
         if key in raw:
             value = raw[key]
             if value not in allowed:

@@ -12,7 +12,7 @@ the CLI: ``vmm.cli.serve`` builds the composition root (``vmm.app.Vmm``) and han
               kernels, network, doctor), api_extra (mounts, autostart, prune), api_build (pull
               and builds)
     ui        server-rendered pages (Jinja2 + vendored htmx), updated live from the events;
-              ui_host (job panels, the doctor page), ui_images (imports)
+              ui_host (job panels, the doctor page), ui_images (imports, pull, builds)
     security  the middleware: authentication, CSRF, size limits, security headers
     server    the ASGI app and uvicorn, bound to loopback unless told otherwise
 """

@@ -211,13 +211,6 @@ async def terminal_page(request: Request) -> Response:
                   has_console=has_console, page="vms")
 
 
-async def images_page(request: Request) -> Response:
-    c = ctx(request)
-    images = await call(api_host.images_json, c.vmm)
-    kernels = await call(api_host.kernels_json, c.vmm)
-    return render(request, "images.html", images=images, kernels=kernels, page="images")
-
-
 async def network_page(request: Request) -> Response:
     c = ctx(request)
     try:
@@ -378,7 +371,6 @@ ROUTES = [
     Route("/", dashboard, methods=["GET"]),
     Route("/vms/{name}", vm_page, methods=["GET"]),
     Route("/vms/{name}/terminal", terminal_page, methods=["GET"]),
-    Route("/images", images_page, methods=["GET"]),
     Route("/network", network_page, methods=["GET"]),
     Route("/jobs", jobs_page, methods=["GET"]),
     Route("/ui/vms", vms_fragment, methods=["GET"]),

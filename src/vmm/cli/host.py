@@ -54,12 +54,17 @@ def _add_service(sub: SubParsers) -> None:
         "uninstall", help="disable and remove vmm.service (running VMs keep running)"
     )
     su.add_argument("--unit-dir", metavar="DIR", help="default /etc/systemd/system")
+    su.add_argument(
+        "--web", action="store_true",
+        help="remove vmm-web.service instead, stopping the server (VMs keep running)",
+    )
     su.set_defaults(handler=cmd_service_uninstall)
     st = s_sub.add_parser(
         "status", help="whether vmm.service is installed, current, enabled, active"
     )
     st.add_argument("--unit-dir", metavar="DIR", help="default /etc/systemd/system")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--web", action="store_true", help="about vmm-web.service instead")
     st.set_defaults(handler=cmd_service_status)
     s.set_defaults(handler=help_of(s))
 
@@ -133,31 +138,33 @@ def cmd_service_uninstall(args: argparse.Namespace) -> int:
     if not args.unit_dir:
         require_root()
     svc = _service(args)
-    for line in svc.uninstall():
+    # vmm.service stays up (stopping it stops every VM); the web server goes with its unit
+    for line in svc.uninstall(stop=args.web):
         print(line)
     return 0
 
 
 def cmd_service_status(args: argparse.Namespace) -> int:
-    from vmm.host.systemd import default_spec, render_unit
+    from vmm.host.systemd import default_spec, render_unit, render_web_unit
 
     svc = _service(args)
     try:
-        expected: str | None = render_unit(default_spec())
+        expected: str | None = (render_web_unit if args.web else render_unit)(default_spec())
     except VmmError:
         expected = None
     st = svc.status(expected)
     if args.json:
         print_json(st.to_dict())
         return 0 if st.installed else 1
+    install = "vmm service install --web" if args.web else "vmm service install"
     if not st.installed:
         print(
-            f"vmm.service: not installed ({st.unit_path}); install it with: sudo vmm service install"
+            f"{svc.unit_name}: not installed ({st.unit_path}); install it with: sudo {install}"
         )
         return 1
     print(
-        f"vmm.service: installed ({st.unit_path})"
-        + ("" if st.up_to_date else ", differs from 'vmm service install --print'")
+        f"{svc.unit_name}: installed ({st.unit_path})"
+        + ("" if st.up_to_date else f", differs from '{install} --print'")
     )
     print(f"enabled: {'yes' if st.enabled else 'no'}")
     print(f"active: {st.active if st.active is not None else 'unknown (systemd is not running)'}")

@@ -222,12 +222,17 @@ class Service:
             )
         return done
 
-    def uninstall(self) -> list[str]:
-        """Disable and remove the unit. Does not stop it (that would stop every VM)."""
+    def uninstall(self, *, stop: bool = False) -> list[str]:
+        """Disable and remove the unit. Does not stop it (for ``vmm.service`` that would stop
+        every VM) unless ``stop``: ``vmm-web.service``'s server must not outlive its unit."""
         done = []
         if self.systemd and self.unit_path.exists():
-            self._systemctl("disable", self.unit_name, check=False)
-            done.append(f"disabled {self.unit_name}")
+            if stop:
+                self._systemctl("disable", "--now", self.unit_name, check=False)
+                done.append(f"disabled and stopped {self.unit_name}")
+            else:
+                self._systemctl("disable", self.unit_name, check=False)
+                done.append(f"disabled {self.unit_name}")
         elif self.wants_link.is_symlink():
             self.wants_link.unlink()
             done.append(f"removed {self.wants_link}")

@@ -58,7 +58,11 @@ def socket_in(ns: NetNS, address: tuple[str, int], timeout: float = 10.0) -> soc
 
 
 class Relay:
-    """127.0.0.1:<port> here -> 127.0.0.1:``target`` in ``ns``; one thread pair per connection."""
+    """127.0.0.1:<port> here -> 127.0.0.1:``target`` in ``ns``; one thread pair per connection.
+
+    ``close`` wakes and joins every thread before it closes a socket: a thread still about to
+    call accept() or send() on a closed socket's descriptor number would otherwise use the
+    next socket that number is given to (another server's relay, or its clients)."""
 
     def __init__(self, ns: NetNS, target: int = SERVER_PORT):
         self.ns = ns
@@ -66,8 +70,10 @@ class Relay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._closed = False
+        self._lock = threading.Lock()
         self._socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -80,9 +86,17 @@ class Relay:
             except OSError:
                 client.close()
                 continue
-            self._socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            pipes = [threading.Thread(target=self._pipe, args=(a, b), daemon=True)
+                     for a, b in ((client, upstream), (upstream, client))]
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    upstream.close()
+                    return
+                self._socks += [client, upstream]
+                self._threads += pipes
+                for t in pipes:
+                    t.start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
@@ -96,9 +110,18 @@ class Relay:
                 dst.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            socks, threads = list(self._socks), list(self._threads)
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() (EINVAL)
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv() (end of file)
+        for t in threads:
+            t.join(timeout=10)
         self.listener.close()
-        for s in self._socks:
+        for s in socks:
             with contextlib.suppress(OSError):
                 s.close()
 

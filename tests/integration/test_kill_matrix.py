@@ -444,6 +444,76 @@ def verify_autostop(c: Case) -> None:
         )
 
 
+def suspend_fc1(c: Case) -> None:
+    c.must("start", "fc1", "--no-wait")
+    c.must("suspend", "fc1")
+
+
+def snapshot_fc1(c: Case) -> None:
+    c.must("start", "fc1", "--no-wait")
+    c.must("snapshot", "create", "fc1", "s1")
+
+
+def state_of(c: Case, name: str) -> str | None:
+    listed = {v["name"]: v["state"] for v in json.loads(c.must("list", "-a", "--json").stdout)["vms"]}
+    return listed.get(name)
+
+
+def snapshots(c: Case) -> list[str]:
+    return [s["name"] for s in json.loads(c.must("snapshot", "list", "fc1", "--json").stdout)]
+
+
+def verify_suspend(c: Case) -> None:
+    """Suspended, or (killed once its process was paused or ended) stopped; either way the
+    disk is whole and the next start brings it back."""
+    if state_of(c, "fc1") not in ("suspended", "stopped"):
+        c.fail(f"fc1 is {state_of(c, 'fc1')} after suspend")
+    guest_data_kept(c)
+    c.must("start", "fc1", "--no-wait")
+    is_running(c, "fc1", True)
+
+
+def verify_snapshot_create(c: Case) -> None:
+    if snapshots(c) != ["s1"]:
+        c.fail(f"fc1's snapshots are {snapshots(c)}, expected s1")
+    is_running(c, "fc1", True)
+    engine_state = json.loads(c.must("inspect", "fc1").stdout)["live"].get("engine_state")
+    if engine_state != "Running":  # never left paused
+        c.fail(f"fc1's firecracker reports {engine_state!r}")
+
+
+def verify_snapshot_restore(c: Case) -> None:
+    is_running(c, "fc1", True)
+    guest_data_kept(c)
+    if snapshots(c) != ["s1"]:
+        c.fail(f"the snapshot is gone after restore: {snapshots(c)}")
+
+
+def verify_snapshot_delete(c: Case) -> None:
+    if snapshots(c) != []:
+        c.fail(f"fc1 still has snapshots {snapshots(c)}")
+
+
+def verify_clone(c: Case) -> None:
+    src, dst = c.record("fc1"), c.record("fc2")
+    if {k: dst[k] for k in ("state", "rootfs_ready")} != {"state": "created", "rootfs_ready": True}:
+        c.fail(f"fc2's record: {dst}")
+    if any(src[k] == dst[k] for k in ("id", "ip", "mac", "tap")):
+        c.fail("fc2 shares an id, IP, MAC or TAP with fc1")
+    rootfs = c.data / "vms" / "fc2" / "rootfs.ext4"
+    if debugfs_cat(rootfs, GUEST_FILE) != GUEST_TOKEN or debugfs_cat(rootfs, "/etc/hostname") != "fc2\n":
+        c.fail("fc2's disk lacks fc1's data or has not its own hostname")
+    guest_data_kept(c)
+
+
+def verify_image_snapshot(c: Case) -> None:
+    if debugfs_cat(c.data / "images" / "img9.ext4", GUEST_FILE) != GUEST_TOKEN:
+        c.fail("image img9 lacks fc1's data")
+    names = {i["name"] for i in json.loads(c.must("image", "list", "--json").stdout)}
+    if "img9" not in names:
+        c.fail(f"vmm image list does not show img9: {names}")
+
+
 @dataclass
 class Command:
     label: str
@@ -478,6 +548,22 @@ def _commands() -> list[Command]:
         Command("mount pull", ("mount", "pull", "m1", "pl"), "mount", verify_pull),
         Command("autostart", ("autostart",), "vm", verify_start),
         Command("autostop", ("autostop",), "vm", verify_autostop, prepare=start_and_write),
+        Command("suspend", ("suspend", "fc1"), "vm", verify_suspend, prepare=start_fc1,
+                done=r"^error: VM 'fc1' (is not running|is already suspended)$",
+                commit="suspend.saved-stopping"),
+        Command("resume", ("start", "fc1", "--no-wait"), "vm", verify_start, prepare=suspend_fc1),
+        Command("snapshot create", ("snapshot", "create", "fc1", "s1"), "vm", verify_snapshot_create,
+                prepare=start_fc1, done=r"^error: VM 'fc1' already has a snapshot 's1'$",
+                commit="snapshot-create.saved"),
+        Command("snapshot restore", ("snapshot", "restore", "fc1", "s1"), "vm",
+                verify_snapshot_restore, prepare=snapshot_fc1),
+        Command("snapshot delete", ("snapshot", "delete", "fc1", "s1"), "vm", verify_snapshot_delete,
+                prepare=snapshot_fc1, done=r"^error: VM 'fc1' has no snapshot 's1'$",
+                commit="snapshot-delete.removed"),
+        Command("clone", ("clone", "fc1", "fc2"), "vm", verify_clone,
+                done=r"^error: VM 'fc2' already exists$", commit="clone.saved"),
+        Command("image snapshot", ("image", "snapshot", "fc1", "--name", "img9"), "vm",
+                verify_image_snapshot, done=r"^error: image 'img9' already exists", commit="image-snapshot.placed"),
     ]  # fmt: skip
 
 

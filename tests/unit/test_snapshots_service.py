@@ -263,3 +263,13 @@ def test_snapshot_of_a_suspended_vm_restores_suspended(env: SimpleNamespace) -> 
     vm = env.snaps.restore("dev", "asleep")
     assert vm.state == VMState.SUSPENDED and (env.store.suspend_dir("dev") / "vmstate").exists()
     assert env.vms.start("dev").state == VMState.RUNNING
+
+
+def test_snapshot_with_stop_leaves_the_vm_stopped(env: SimpleNamespace) -> None:
+    running(env)
+    info = env.snaps.create("dev", "last", stop=True)
+    assert (info.kind, info.vm_state) == ("memory", "running")
+    assert env.engine.calls == ["pause", "save", "resume"] and env.engine.stopped
+    assert env.store.load("dev").state == VMState.STOPPED
+    vm = env.snaps.restore("dev", "last")  # and it comes back running from the snapshot
+    assert vm.state == VMState.RUNNING and alive(vm)

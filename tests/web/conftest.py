@@ -55,3 +55,14 @@ def server() -> Iterator[Server]:
 def fresh_server() -> Iterator[Server]:
     """A server of the test's own (for tests that change its state: rate limits, sessions)."""
     yield from make_server()
+
+
+@pytest.fixture
+def bucket(server: Server, tmp_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A fake Firecracker CI bucket in the module's server's namespace (its rootfs, 3 MiB, sent
+    slowly: about 1.5 s, so the download's live line shows); the base URL and the objects."""
+    from tests.web.bucket import ROOTFS, bucket_files, serve_bucket
+
+    files = bucket_files(tmp_path, rootfs_mb=3)
+    with serve_bucket(server.ns, files, slow={ROOTFS}) as url:
+        yield url, files

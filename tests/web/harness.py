@@ -19,22 +19,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.conftest import VmmEnv
 from tests.netns import NETNS_DIR, NetNS
 
+T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 PASSWORD = "correct horse battery staple"
 SERVER_PORT = 8080
 
 
-def socket_in(ns: NetNS, address: tuple[str, int], timeout: float = 10.0) -> socket.socket:
-    """A TCP connection to ``address`` inside ``ns`` (made by a thread that entered it)."""
+def in_netns(ns: NetNS, make: Callable[[], T]) -> T:
+    """``make()`` run by a thread that entered ``ns``: the sockets it makes (a connection, a
+    listening server) stay in that namespace whichever thread uses them afterwards."""
     out: dict[str, Any] = {}
 
-    def connect() -> None:
+    def run() -> None:
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             fd = os.open(NETNS_DIR / ns.name, os.O_RDONLY | os.O_CLOEXEC)
@@ -43,16 +46,22 @@ def socket_in(ns: NetNS, address: tuple[str, int], timeout: float = 10.0) -> soc
                     raise OSError(ctypes.get_errno(), "setns")
             finally:
                 os.close(fd)
-            out["sock"] = socket.create_connection(address, timeout=timeout)
+            out["value"] = make()
         except BaseException as exc:
             out["error"] = exc
 
-    thread = threading.Thread(target=connect)  # it ends right after: its namespace dies with it
+    thread = threading.Thread(target=run)  # it ends right after: its namespace dies with it
     thread.start()
     thread.join()
     if "error" in out:
         raise out["error"]
-    sock: socket.socket = out["sock"]
+    value: T = out["value"]
+    return value
+
+
+def socket_in(ns: NetNS, address: tuple[str, int], timeout: float = 10.0) -> socket.socket:
+    """A TCP connection to ``address`` inside ``ns``."""
+    sock = in_netns(ns, lambda: socket.create_connection(address, timeout=timeout))
     sock.settimeout(None)
     return sock
 

@@ -14,7 +14,9 @@
       document.querySelectorAll('[data-live="' + kind + '"]').forEach(function (el) {
         if (!el.dataset.src || !window.htmx) return;
         if (jobKind && (el.dataset.kinds || "").split(",").indexOf(jobKind) < 0) return;
-        var opts = { target: el, swap: "outerHTML" };
+        // the element itself as the source: htmx queues requests per source element, keeping
+        // only the last one waiting (from <body>, the default, a third reload would drop the second)
+        var opts = { source: el, target: el, swap: "outerHTML" };
         if (el.dataset.select) opts.select = el.dataset.select;
         htmx.ajax("GET", el.dataset.src, opts);
       });

@@ -73,3 +73,13 @@ _STOPPED_BY: dict[str, str] = {  # StrEnum keys: a plain str finds them too
 def describe_stop(how: str) -> str:
     """What ``stop`` reports: which of the escalating steps ended the VM."""
     return _STOPPED_BY.get(how, how)
+
+
+def human_size(n: int) -> str:
+    """A byte count as the CLI and the web UI show it: 512B, 1.5K, 2.0G."""
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{n}B"

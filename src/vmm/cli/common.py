@@ -66,12 +66,9 @@ def table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def human_size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "K", "M", "G", "T"):
-        if value < 1024 or unit == "T":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{n}B"
+    from vmm.status import human_size as size
+
+    return size(n)
 
 
 def positive_int(text: str) -> int:

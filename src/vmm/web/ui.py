@@ -47,12 +47,9 @@ def env() -> Environment:
 
 
 def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "K", "M", "G", "T"):
-        if value < 1024 or unit == "T":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{n}B"
+    from vmm.status import human_size
+
+    return human_size(n)
 
 
 def render(request: Request | None, template: str, status: int = 200, **values: Any) -> HTMLResponse:

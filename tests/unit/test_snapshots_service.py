@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_vms import FakeDisks, FakeEngine, FakeNetwork, Registry
-from vmm.config import Config
+from tests.unit.test_vms import FakeEngine, build_service
 from vmm.engines.base import BootSpec
 from vmm.errors import ConflictError, EngineError, NotFoundError, ValidationError
 from vmm.host.liveness import ProcessRef, is_alive
@@ -23,8 +22,7 @@ from vmm.models import VMState
 from vmm.runner import Runner
 from vmm.services.create import CreateRequest
 from vmm.services.snapshots import SnapshotService
-from vmm.services.vms import VmService
-from vmm.store import RunPaths, Store
+from vmm.store import RunPaths
 
 pytestmark = pytest.mark.unit
 
@@ -71,21 +69,9 @@ class SnapEngine(FakeEngine):
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[SimpleNamespace]:
-    cfg = Config(path=tmp_path / "config.json")
-    cfg.data_dir = str(tmp_path / "data")
-    store = Store(cfg.data_path)
-    engine, network, disks = SnapEngine(), FakeNetwork(), FakeDisks()
-    image = SimpleNamespace(name="default", path=tmp_path / "img.ext4", virtual_size=100 << 20)
+    engine = SnapEngine()
     (tmp_path / "vmlinux").write_bytes(b"\x7fELF")
-    kernel = SimpleNamespace(name="default", path=tmp_path / "vmlinux", initrd=None)
-    vms = VmService(
-        cfg, store, Runner(),
-        images=Registry(default=image),  # type: ignore[arg-type]
-        kernels=Registry(default=kernel),  # type: ignore[arg-type]
-        engines=lambda _name: engine,  # type: ignore[arg-type,return-value]
-        network=network,  # type: ignore[arg-type]
-        disks=disks,  # type: ignore[arg-type]
-    )  # fmt: skip
+    vms, store, network, _disks = build_service(tmp_path, engine, Runner())
     snaps = SnapshotService(vms)
     vms.on_start = snaps.on_start
     vms.create(CreateRequest(name="dev", engine="firecracker"))

@@ -26,7 +26,7 @@ from vmm.errors import ConflictError, EngineError, NotFoundError, RecordError, V
 from vmm.host.liveness import ProcessRef, is_alive, ref_for
 from vmm.host.process import GracefulStep
 from vmm.models import VMState
-from vmm.runner import RecordingRunner
+from vmm.runner import RecordingRunner, Runner
 from vmm.services.create import CreateRequest
 from vmm.services.vms import VmService
 from vmm.status import StopOutcome
@@ -148,24 +148,34 @@ class Registry:
             raise NotFoundError(f"no image or kernel {name!r}") from None
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[SimpleNamespace]:
+def build_service(
+    tmp_path: Path, engine: FakeEngine, runner: Runner | None = None
+) -> tuple[VmService, Store, FakeNetwork, FakeDisks]:
+    """A VmService over a temp data dir, ``engine``, fake disks and network, a 100 MB image
+    and a kernel named ``default`` (shared with the snapshot service's tests)."""
     cfg = Config(path=tmp_path / "config.json")
     cfg.data_dir = str(tmp_path / "data")
     store = Store(cfg.data_path)
-    engine, network, disks = FakeEngine(), FakeNetwork(), FakeDisks()
+    network, disks = FakeNetwork(), FakeDisks()
     image = SimpleNamespace(name="default", path=tmp_path / "img.ext4", virtual_size=100 << 20)
     kernel = SimpleNamespace(name="default", path=tmp_path / "vmlinux", initrd=None)
     svc = VmService(
         cfg,
         store,
-        RecordingRunner(),
+        runner or RecordingRunner(),
         images=Registry(default=image),  # type: ignore[arg-type]
         kernels=Registry(default=kernel),  # type: ignore[arg-type]
         engines=lambda _name: engine,  # type: ignore[arg-type,return-value]
         network=network,  # type: ignore[arg-type]
         disks=disks,  # type: ignore[arg-type]
     )
+    return svc, store, network, disks
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[SimpleNamespace]:
+    engine = FakeEngine()
+    svc, store, network, disks = build_service(tmp_path, engine)
     ns = SimpleNamespace(svc=svc, store=store, engine=engine, network=network, disks=disks)
     try:
         yield ns
